@@ -1,0 +1,91 @@
+"""Calibration data, prepared exactly as vLLM's W4A16 / W8A8 guides do.
+
+Guide steps: take ``num_samples`` rows, shuffle with seed 42, render each conversation with the
+tokenizer's chat template, tokenize with ``padding=False``, ``truncation=True``, ``max_length`` and
+``add_special_tokens=False`` (the template already holds the special tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import QuantEnvironmentError, QuantUsageError
+from .store import digest
+
+DATA_DIR = Path(__file__).parent / "data"
+BUNDLED_CALIBRATION = DATA_DIR / "calibration" / "chats.jsonl"
+GUIDE_DATASET = "HuggingFaceH4/ultrachat_200k:train_sft"
+SHUFFLE_SEED = 42
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    source: str = "bundled"  # 'bundled', hub 'dataset_id[:split]', or a .jsonl/.json/.parquet path
+    num_samples: int = 512
+    max_seq_length: int = 2048
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "max_seq_length"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise QuantUsageError(f"calibration {name} must be a positive integer, got {v!r}")
+
+
+def _load_rows(source: str, num_samples: int) -> Any:
+    from datasets import Dataset, load_dataset
+
+    if source == "bundled":
+        path = BUNDLED_CALIBRATION
+    else:
+        path = Path(source).expanduser()
+    if source == "bundled" or path.suffix in {".jsonl", ".json", ".parquet"}:
+        if not path.is_file():
+            raise QuantUsageError(f"calibration file {source!r} does not exist")
+        fmt = "parquet" if path.suffix == ".parquet" else "json"
+        ds = load_dataset(fmt, data_files=str(path), split="train")
+    else:
+        dataset_id, _, split = source.partition(":")
+        try:
+            ds = load_dataset(dataset_id, split=f"{split or 'train'}[:{num_samples}]")
+        except (ConnectionError, OSError) as e:
+            raise QuantEnvironmentError(
+                f"cannot load calibration dataset {source!r} from the hub ({type(e).__name__}: {e}). "
+                "Connect to the network, or use --quant-calibration bundled or a local .jsonl file") from None
+        except ValueError as e:
+            raise QuantUsageError(f"calibration dataset {source!r}: {e}") from None
+    if not isinstance(ds, Dataset) or len(ds) == 0:
+        raise QuantUsageError(f"calibration data {source!r} is empty")
+    if "messages" not in ds.column_names and "text" not in ds.column_names:
+        raise QuantUsageError(f"calibration data {source!r} needs a 'messages' (chat) or 'text' column; "
+                              f"it has {ds.column_names}")
+    return ds.select(range(min(num_samples, len(ds))))
+
+
+def prepare_calibration(spec: CalibrationSpec, tokenizer: Any) -> Any:
+    """A tokenized ``datasets.Dataset`` (input_ids, attention_mask) ready for ``oneshot``."""
+    ds = _load_rows(spec.source, spec.num_samples).shuffle(seed=SHUFFLE_SEED)
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+
+    def render(example: dict[str, Any]) -> dict[str, str]:
+        if "messages" in example and example["messages"]:
+            if not has_template:
+                raise QuantUsageError("calibration data has chat 'messages' but the tokenizer has no chat "
+                                      "template; use a 'text' column or a model with a template")
+            return {"text": tokenizer.apply_chat_template(example["messages"], tokenize=False)}
+        return {"text": example["text"]}
+
+    ds = ds.map(render)
+
+    def tokenize(sample: dict[str, Any]) -> Any:
+        return tokenizer(sample["text"], padding=False, max_length=spec.max_seq_length, truncation=True,
+                         add_special_tokens=False)
+
+    return ds.map(tokenize, remove_columns=ds.column_names)
+
+
+def calibration_digest(ds: Any) -> str:
+    """Hash of the exact token ids fed to calibration (the cache key part for data)."""
+    return digest([list(map(int, ids)) for ids in ds["input_ids"]])
+

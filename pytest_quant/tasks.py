@@ -1,0 +1,114 @@
+"""The bundled lm-eval tasks, written as task YAML with absolute data paths.
+
+- ``quant_facts``: four-way multiple-choice general knowledge (acc, acc_norm).
+- ``quant_arith``: grade-school word problems, ``generate_until`` with ``#### N`` targets and the
+  gsm8k ``strict-match`` / ``flexible-extract`` filters, 5-shot from its own train split.
+- ``quant_text``: perplexity (``loglikelihood_rolling``) on bundled paragraphs.
+
+Any other name is passed to lm-eval unchanged (gsm8k, arc_easy, ... for users who have the data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .store import digest, file_digest
+
+DATA = Path(__file__).parent / "data" / "tasks"
+LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "kl", "loss")
+
+
+def _files(**splits: str) -> dict[str, Any]:
+    return {"data_files": {split: str(DATA / name) for split, name in splits.items()}}
+
+
+BUNDLED_TASKS: dict[str, dict[str, Any]] = {
+    "quant_facts": {
+        "dataset_path": "json",
+        "dataset_kwargs": _files(test="quant_facts_test.jsonl", validation="quant_facts_dev.jsonl"),
+        "test_split": "test",
+        "fewshot_split": "validation",
+        "output_type": "multiple_choice",
+        "doc_to_text": "Question: {{question}}\nAnswer:",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{answer}}",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0},
+    },
+    "quant_arith": {
+        "dataset_path": "json",
+        "dataset_kwargs": _files(train="quant_arith_train.jsonl", test="quant_arith_test.jsonl"),
+        "training_split": "train",
+        "fewshot_split": "train",
+        "test_split": "test",
+        "output_type": "generate_until",
+        "num_fewshot": 5,
+        "doc_to_text": "Question: {{question}}\nAnswer:",
+        "doc_to_target": "{{answer}}",
+        "target_delimiter": " ",
+        "fewshot_delimiter": "\n\n",
+        "generation_kwargs": {"until": ["Question:", "\n\n", "<|im_end|>"], "do_sample": False,
+                              "temperature": 0.0, "max_gen_toks": 64},
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
+                         "ignore_case": True, "ignore_punctuation": False,
+                         "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}],
+        "filter_list": [
+            {"name": "strict-match", "filter": [{"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"},
+                                                {"function": "take_first"}]},
+            {"name": "flexible-extract", "filter": [{"function": "regex", "group_select": -1,
+                                                     "regex_pattern": "(-?[$0-9.,]{2,})|(-?[0-9]+)"},
+                                                    {"function": "take_first"}]},
+        ],
+        "metadata": {"version": 1.0},
+    },
+    "quant_text": {
+        "dataset_path": "json",
+        "dataset_kwargs": _files(test="quant_text_test.jsonl"),
+        "test_split": "test",
+        "output_type": "loglikelihood_rolling",
+        "num_fewshot": 0,
+        "doc_to_text": "",
+        "doc_to_target": "{{text}}",
+        "metric_list": [{"metric": "word_perplexity"}, {"metric": "byte_perplexity"}, {"metric": "bits_per_byte"}],
+        "metadata": {"version": 1.0},
+    },
+}
+
+
+PRIMARY_METRIC = {"quant_facts": "acc", "quant_arith": "exact_match,strict-match", "quant_text": "word_perplexity",
+                  "gsm8k": "exact_match,strict-match", "wikitext": "word_perplexity"}
+
+
+def primary_metric(task: str) -> str:
+    return PRIMARY_METRIC.get(task, "acc")
+
+
+def fixed_fewshot(task: str) -> int | None:
+    """A task whose few-shot count cannot change (perplexity: 0), else None."""
+    cfg = BUNDLED_TASKS.get(task, {})
+    return 0 if cfg.get("output_type") == "loglikelihood_rolling" else None
+
+
+def task_digest(task: str, lm_eval_version: str) -> str:
+    """Hash of a task's definition and data (for bundled ones) or its name and lm-eval version."""
+    if task not in BUNDLED_TASKS:
+        return digest({"task": task, "lm_eval": lm_eval_version})
+    cfg = BUNDLED_TASKS[task]
+    data = {s: file_digest(Path(p)) for s, p in cfg["dataset_kwargs"]["data_files"].items()}
+    return digest({"task": task, "config": cfg, "data": data})
+
+
+def write_task_dir(out: Path) -> Path:
+    """Write every bundled task's YAML into ``out`` (an lm-eval ``include_path``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, cfg in BUNDLED_TASKS.items():
+        (out / f"{name}.yaml").write_text(yaml.safe_dump({"task": name, **cfg}, sort_keys=False))
+    return out
+
+
+def higher_is_better(metric: str) -> bool:
+    return not any(word in metric.lower() for word in LOWER_IS_BETTER)
