@@ -171,6 +171,10 @@ def _run_vllm(python: str, request: dict[str, Any], device: str, timeout: float,
                     raise EvaluationFailed(f"vLLM evaluation exceeded --quant-eval-timeout={timeout:g}s and was "
                                            f"killed; last output:\n{tail}") from None
                 raise
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # engine processes left behind by the runner's fast exit
+        except ProcessLookupError:
+            pass
         text = logf.read_text(errors="replace")
         if proc.returncode != 0 or not resp.is_file():
             raise EvaluationFailed(f"vLLM evaluation exited with code {proc.returncode}; last output:\n{text[-3000:]}")

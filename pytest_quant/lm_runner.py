@@ -145,4 +145,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # vLLM's engine teardown at interpreter exit can abort ("terminate called without an active
+    # exception") after the work is done; the response is already on disk, so leave without it.
+    os._exit(code)

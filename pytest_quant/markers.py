@@ -12,9 +12,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .baseline import Baseline
+from .build import Checkpoint
 from .errors import QuantUsageError
 from .gates import Threshold, check
 from .session import QuantSession, Target
+from .tasks import higher_is_better
 
 MARKERS = {
     "quant_accuracy": "quant_accuracy(task, metric, min_value=, max_value=, max_drop=, recovery=, expected=, "
@@ -158,16 +160,16 @@ def bos_plan(session: QuantSession, spec: BosSpec, model: str, scheme: str) -> N
         session.plan(Target(model), runs)
 
 
-def _row(session: QuantSession, model: str, scheme: str, task: str, metric: str, **extra: Any) -> dict[str, Any]:
-    ck = session.checkpoint(model, scheme)
+def _row(ck: Checkpoint, session: QuantSession, model: str, scheme: str, task: str, metric: str,
+         **extra: Any) -> dict[str, Any]:
     return {"model": model, "scheme": scheme, "task": task, "metric": metric, "backend": session.backend,
             "build_seconds": ck.manifest.get("seconds"), "checkpoint": ck.key, **extra}
 
 
-def run_accuracy(session: QuantSession, spec: AccuracySpec, model: str, scheme: str,
+def run_accuracy(session: QuantSession, spec: AccuracySpec, ck: Checkpoint, model: str, scheme: str,
                  baseline: Baseline | None) -> dict[str, Any]:
     run = session.run(spec.task, spec.run_args, spec.add_bos_token, spec.apply_chat_template)
-    q = session.evaluate(Target(model, scheme), [run])[run]
+    q = session.evaluate(Target(model, scheme), [run], ck)[run]
     base = session.evaluate(Target(model), [run])[run] if spec.threshold.needs_base else None
     verdict = check(spec.metric, q.value(spec.metric), spec.threshold, q.stderr(spec.metric), q.n,
                     base.value(spec.metric) if base else None, base.stderr(spec.metric) if base else None)
@@ -181,7 +183,7 @@ def run_accuracy(session: QuantSession, spec: AccuracySpec, model: str, scheme: 
         if b is not None:
             messages.append(b.message)
             passed = passed and b.passed
-    return _row(session, model, scheme, spec.task, spec.metric, key=key, quantized=q.value(spec.metric),
+    return _row(ck, session, model, scheme, spec.task, spec.metric, key=key, quantized=q.value(spec.metric),
                 stderr=q.stderr(spec.metric), n=q.n, base=base.value(spec.metric) if base else None,
                 recovery=verdict.recovery, threshold=_describe(spec.threshold), passed=passed,
                 message="; ".join(messages), eval_seconds=q.seconds, settings=settings, versions=q.versions)
@@ -191,11 +193,9 @@ def _describe(t: Threshold) -> str:
     return ", ".join(f"{f.name}={getattr(t, f.name):g}" for f in fields(t) if getattr(t, f.name) is not None)
 
 
-def run_bos(session: QuantSession, spec: BosSpec, model: str, scheme: str) -> dict[str, Any]:
-    from .tasks import higher_is_better
-
+def run_bos(session: QuantSession, spec: BosSpec, ck: Checkpoint, model: str, scheme: str) -> dict[str, Any]:
     on, off = bos_runs(session, spec)
-    q = session.evaluate(Target(model, scheme), [on, off])
+    q = session.evaluate(Target(model, scheme), [on, off], ck)
     failures = []
     counts_on, counts_off = q[on].bos_prefix_counts, q[off].bos_prefix_counts
     not_one = {k: v for k, v in counts_on.items() if k not in ("1", "inserted") and v}
@@ -223,7 +223,7 @@ def run_bos(session: QuantSession, spec: BosSpec, model: str, scheme: str) -> di
     if inserted:
         text += f"; the tokenizer added no BOS itself, pytest-quant prepended it to {inserted} prompts"
     message = text + ("; FAILED " + "; ".join(failures) if failures else "; passed")
-    return _row(session, model, scheme, spec.task, spec.metric, key="|".join([model, scheme, spec.task, spec.metric,
+    return _row(ck, session, model, scheme, spec.task, spec.metric, key="|".join([model, scheme, spec.task, spec.metric,
                                                                                "bos-sensitivity"]),
                 quantized=with_bos, quantized_without_bos=without, bos_loss=loss, base_bos_loss=base_loss,
                 bos_prefix_counts={"with": counts_on, "without": counts_off}, n=q[on].n,

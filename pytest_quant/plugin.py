@@ -126,10 +126,13 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         return result
     qs = _session(item.config)
     specs = _marker_specs(item)
+    if not specs["quant_accuracy"] and not specs["quant_bos"]:
+        return result
     rows = []
     try:
-        rows += [mk.run_accuracy(qs, s, *case, item.config.stash[BASELINE]) for s in specs["quant_accuracy"]]
-        rows += [mk.run_bos(qs, s, *case) for s in specs["quant_bos"]]
+        ck = item.funcargs.get("quantized_checkpoint") or qs.checkpoint(*case)
+        rows += [mk.run_accuracy(qs, s, ck, *case, item.config.stash[BASELINE]) for s in specs["quant_accuracy"]]
+        rows += [mk.run_bos(qs, s, ck, *case) for s in specs["quant_bos"]]
     except QuantError as e:
         pytest.fail(f"pytest-quant: {e}", pytrace=False)
     record(item, rows)

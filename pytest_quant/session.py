@@ -20,7 +20,7 @@ from .hardware import Device, detect_device
 from .models import materialize, resolve_model
 from .options import Settings
 from .recipes import RecipeSpec
-from .store import Store
+from .store import Store, digest
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class QuantSession:
         self._checkpoints: dict[tuple[str, RecipeSpec, CalibrationSpec], Checkpoint] = {}
         self._bases: dict[str, tuple[Path, Any]] = {}
         self.planned: dict[Target, set[EvalRun]] = {}
-        self._results: dict[tuple[Target, EvalRun], RunResult] = {}
+        self._results: dict[tuple[str, EvalRun], RunResult] = {}
 
     # -- environment -------------------------------------------------------------------------
     @property
@@ -126,24 +126,29 @@ class QuantSession:
         """Remember runs a later test will need, so one model load serves them all."""
         self.planned.setdefault(target, set()).update(runs)
 
-    def evaluate(self, target: Target, runs: list[EvalRun]) -> dict[EvalRun, RunResult]:
-        """Results of ``runs`` on ``target``; runs planned for it by other tests are done in the same load."""
+    def evaluate(self, target: Target, runs: list[EvalRun], checkpoint: Checkpoint | None = None
+                 ) -> dict[EvalRun, RunResult]:
+        """Results of ``runs`` on ``target`` (or on ``checkpoint``, a checkpoint given for it).
+
+        Runs planned for the target by other tests are done in the same model load.
+        """
+        if target.scheme is None:
+            path, identity = self.base(target.model)
+            identity = {"base": identity}
+        else:
+            checkpoint = checkpoint or self.build(target)
+            path, identity = checkpoint.path, {"checkpoint": checkpoint.key}
+        memo = digest(identity)
         wanted = [*runs, *sorted(self.planned.get(target, ()), key=repr)]
-        todo = [r for r in dict.fromkeys(wanted) if (target, r) not in self._results]
+        todo = [r for r in dict.fromkeys(wanted) if (memo, r) not in self._results]
         if todo:
-            if target.scheme is None:
-                path, identity = self.base(target.model)
-                identity = {"base": identity}
-            else:
-                ck = self.build(target)
-                path, identity = ck.path, {"checkpoint": ck.key}
             limit_threads()
             results = evaluate(path, identity, todo, self.store, backend=self.backend, vllm_python=self.vllm_python,
                                device=self.compute, timeout=self.settings.get("eval_timeout"),
                                gpus=self.settings.get("eval_gpus"), rebuild=self.rebuild,
                                trust_remote_code=self.trust_remote_code, label=target.label)
-            self._results.update({(target, r): v for r, v in results.items()})
-        return {r: self._results[(target, r)] for r in runs}
+            self._results.update({(memo, r): v for r, v in results.items()})
+        return {r: self._results[(memo, r)] for r in runs}
 
     def fidelity(self, model: str, scheme: str) -> dict[str, Any]:
         base_path, base_identity = self.base(model)
