@@ -137,8 +137,6 @@ class Settings:
         self._ini = {k: v for k, v in (ini or {}).items() if v not in (None, [], "")}
         self._env = dict(os.environ if env is None else env)
         self.profile = self.get("profile")
-        if self.profile not in PROFILES:
-            raise QuantUsageError(f"unknown profile {self.profile!r}; use one of {', '.join(PROFILES)}")
 
     @classmethod
     def from_pytest(cls, config: Any) -> "Settings":
@@ -156,7 +154,7 @@ class Settings:
             raw, where = self._ini[name], f"ini {o.ini}"
         elif marker and marker.get(name) is not None:
             raw, where = marker[name], "marker argument"
-        elif name in PROFILES.get(getattr(self, "profile", "guide"), {}):
+        elif name != "profile" and name in PROFILES[self.profile]:
             return PROFILES[self.profile][name]
         else:
             return o.default

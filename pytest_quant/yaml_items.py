@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from .calibration import CalibrationSpec
 from .errors import QuantError, QuantUsageError
 from .gates import Threshold, check
 from .recipes import RecipeSpec
@@ -121,9 +122,12 @@ def _parse_llmcompressor(data: dict[str, Any]) -> list[Check]:
     if data.get("dataset_id"):
         split = data.get("dataset_split")
         calibration["calibration"] = _need(data, "dataset_id", str, "") + (f":{split}" if split else "")
-    calibration.update({"num_samples": v for v in [data.get("num_calibration_samples")] if v is not None})
-    if "num_samples" in calibration:
-        _need(calibration, "num_samples", int, "num_calibration_")
+    if data.get("num_calibration_samples") is not None:
+        calibration["num_samples"] = data["num_calibration_samples"]
+        try:
+            CalibrationSpec(num_samples=calibration["num_samples"])
+        except QuantUsageError as e:
+            raise QuantUsageError(f"num_calibration_samples: {e}") from None
     lm = _need(data, "lmeval", dict, "")
     task = _need(lm, "task", str, "lmeval.")
     rtol = _number(lm.get("rtol", DEFAULT_RTOL), "lmeval.rtol")

@@ -1,0 +1,181 @@
+"""The content-addressed store: hashing, once-only creation, corruption, crashes, concurrency."""
+
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing as mp
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_quant.errors import QuantEnvironmentError
+from pytest_quant.store import MANIFEST, Store, atomic_write_text, digest
+
+
+def write(out: Path, text: str = "weights") -> dict:
+    (out / "model.bin").write_text(text)
+    (out / "sub").mkdir()
+    (out / "sub" / "config.json").write_text("{}")
+    return {"note": "made"}
+
+
+def test_digest_is_canonical() -> None:
+    assert digest({"a": 1, "b": [1, 2]}) == digest({"b": [1, 2], "a": 1})
+    assert digest({"a": 1}) != digest({"a": 2})
+
+
+def test_created_once_then_served(tmp_path: Path) -> None:
+    store, calls = Store(tmp_path, log=lambda m: None), []
+    first = store.get_or_create("k", {"x": 1}, lambda out: calls.append(1) or write(out))
+    second = Store(tmp_path, log=lambda m: None).get_or_create("k", {"x": 1}, lambda out: calls.append(1) or write(out))
+    assert calls == [1]
+    assert (first.cached, second.cached) == (False, True)
+    assert first.manifest["build_id"] == second.manifest["build_id"]
+    assert set(second.manifest["files"]) == {"model.bin", "sub/config.json"}
+    assert second.manifest["info"] == {"note": "made"}
+
+
+def test_rebuild_replaces_entry(tmp_path: Path) -> None:
+    store = Store(tmp_path, log=lambda m: None)
+    a = store.get_or_create("k", 1, write)
+    b = store.get_or_create("k", 1, lambda out: write(out, "new"), rebuild=True)
+    assert a.manifest["build_id"] != b.manifest["build_id"]
+    assert (b.path / "model.bin").read_text() == "new"
+
+
+@pytest.mark.parametrize("damage", ["modify", "truncate", "delete", "manifest"])
+def test_corrupt_entry_is_reported_and_rebuilt(tmp_path: Path, damage: str) -> None:
+    logs: list[str] = []
+    store = Store(tmp_path, log=logs.append)
+    entry = store.get_or_create("k", 1, write)
+    target = entry.path / "model.bin"
+    if damage == "modify":
+        target.write_text("weightz")
+    elif damage == "truncate":
+        target.write_text("")
+    elif damage == "delete":
+        target.unlink()
+    else:
+        (entry.path / MANIFEST).write_text("{not json")
+    again = Store(tmp_path, log=logs.append).get_or_create("k", 1, write)
+    assert not again.cached
+    assert any("corrupt" in m for m in logs), logs
+    assert (again.path / "model.bin").read_text() == "weights"
+
+
+def test_failed_create_leaves_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path, log=lambda m: None)
+
+    def boom(out: Path) -> dict:
+        write(out)
+        raise RuntimeError("calibration exploded")
+
+    with pytest.raises(RuntimeError):
+        store.get_or_create("k", 1, boom)
+    assert [p.name for p in (tmp_path / "k").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_disk_full_is_one_clear_message(tmp_path: Path) -> None:
+    store = Store(tmp_path, log=lambda m: None)
+
+    def full(out: Path) -> dict:
+        (out / "part").write_text("x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(QuantEnvironmentError, match="disk full .* free space .*nothing was left behind"):
+        store.get_or_create("k", 1, full)
+    assert [p.name for p in (tmp_path / "k").iterdir() if not p.name.endswith(".lock")] == []
+
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    from pytest_quant import store as st
+    stage = sys.argv[2]
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+    if stage == "before-rename":
+        real = os.rename
+        def rename(a, b):
+            if ".tmp-" in str(a) and "-old-" not in str(b):
+                die()
+            return real(a, b)
+        st.os.rename = rename
+    def create(out):
+        (out / "a.bin").write_text("half")
+        if stage == "mid-write":
+            die()
+        (out / "b.bin").write_text("rest")
+        if stage == "after-files":
+            die()
+        return {}
+    st.Store(sys.argv[1], log=lambda m: None).get_or_create("k", 1, create)
+""")
+
+
+@pytest.mark.parametrize("stage", ["mid-write", "after-files", "before-rename"])
+def test_sigkill_at_any_point_leaves_no_usable_entry(tmp_path: Path, stage: str) -> None:
+    p = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), stage])
+    assert p.returncode == -signal.SIGKILL
+    store = Store(tmp_path, log=lambda m: None)
+    assert store.lookup("k", 1) is None
+    entry = store.get_or_create("k", 1, write)
+    assert not entry.cached
+    leftovers = [p.name for p in (tmp_path / "k").iterdir() if p.name.startswith(".tmp-")]
+    assert leftovers == []
+
+
+def _worker(root: str, counter: str, q: "mp.Queue") -> None:
+    def create(out: Path) -> dict:
+        with open(counter, "a") as f:
+            f.write("built\n")
+        time.sleep(1.0)
+        return write(out)
+
+    entry = Store(root, log=lambda m: None).get_or_create("k", {"same": True}, create)
+    q.put(entry.manifest["build_id"])
+
+
+def test_concurrent_processes_create_once(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    q: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=_worker, args=(str(tmp_path / "s"), str(counter), q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    ids = {q.get(timeout=5) for _ in procs}
+    assert counter.read_text().count("built") == 1
+    assert len(ids) == 1
+
+
+def test_lock_of_dead_holder_does_not_block(tmp_path: Path) -> None:
+    (tmp_path / "k").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from filelock import FileLock
+        import time
+        FileLock({str(tmp_path / 'k' / (Store(tmp_path).key(1) + '.lock'))!r}).acquire()
+        print('locked', flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()
+    holder.wait()
+    start = time.perf_counter()
+    Store(tmp_path, log=lambda m: None).get_or_create("k", 1, write)
+    assert time.perf_counter() - start < 5
+
+
+def test_atomic_write_never_overwrites_without_permission(tmp_path: Path) -> None:
+    target = tmp_path / "baseline.json"
+    atomic_write_text(target, json.dumps({"a": 1}))
+    with pytest.raises(FileExistsError):
+        atomic_write_text(target, "{}", overwrite=False)
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["baseline.json"]
