@@ -35,17 +35,19 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         settings = Settings.from_pytest(config)
         for scheme in settings.get("scheme"):
-            RecipeSpec(scheme)  # unknown scheme: fail before collecting anything
+            RecipeSpec(scheme)  # unknown scheme or model: fail before collecting anything
+        for model in settings.get("model"):
+            resolve_model(model)
         baseline = settings.get("baseline")
         config.stash[BASELINE] = Baseline.load(baseline) if baseline else None
         target = settings.get("save_baseline")
         if target and Path(target).exists() and not settings.get("overwrite_baseline") \
                 and not hasattr(config, "workerinput"):
             raise QuantUsageError(f"baseline file {target} exists; pass --quant-overwrite-baseline to replace it")
+        cache_dir = Path(str(config.cache.mkdir("quant"))) if config.cache else Path(".quant-cache")
+        config.stash[SESSION] = QuantSession(settings, cache_dir)
     except QuantError as e:
         raise pytest.UsageError(f"pytest-quant: {e}") from None
-    cache_dir = Path(str(config.cache.mkdir("quant"))) if config.cache else Path(".quant-cache")
-    config.stash[SESSION] = QuantSession(settings, cache_dir)
     config.stash[ROWS] = []
     config.pluginmanager.register(_RowCollector(config.stash[ROWS]), "pytest-quant-rows")
 
@@ -59,17 +61,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not names & (CASE_FIXTURES | MODEL_FIXTURES):
         return
     session = _session(metafunc.config)
-    try:
-        models = session.settings.get("model")
-        sources = [resolve_model(m) for m in models]
-    except QuantError as e:
-        raise pytest.UsageError(f"pytest-quant: {e}") from None
+    models = session.settings.get("model")
+    sources = [resolve_model(m) for m in models]
     if names & CASE_FIXTURES:
         cases = [(m, s) for m in models for s in session.settings.get("scheme")]
         ids = [f"{src.name}-{s}" for src in sources for s in session.settings.get("scheme")]
         metafunc.parametrize("quant_case", cases, ids=ids, indirect=True, scope="session")
     else:
-        metafunc.parametrize("quant_model_case", models, ids=[s.name for s in sources], indirect=True,
+        metafunc.parametrize("quant_model_id", models, ids=[s.name for s in sources], indirect=True,
                              scope="session")
 
 
@@ -212,16 +211,11 @@ def quant_case(request: pytest.FixtureRequest) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def quant_model_case(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture(scope="session")
 def quant_model_id(request: pytest.FixtureRequest) -> str:
     """The model under test, as given to --quant-model."""
-    if "quant_case" in request.fixturenames:
-        return request.getfixturevalue("quant_case")[0]
-    return request.getfixturevalue("quant_model_case")
+    if hasattr(request, "param"):
+        return request.param
+    return request.getfixturevalue("quant_case")[0]
 
 
 @pytest.fixture(scope="session")
