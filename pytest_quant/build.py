@@ -94,7 +94,7 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
     model.save_pretrained(str(out), save_compressed=True)
     tokenizer.save_pretrained(str(out))
     t3 = time.perf_counter()
-    return {"device": device, "seconds": {"load": round(t1 - t0, 2), "calibrate": round(t2 - t1, 2),
+    return {"device": device, "torch_threads": torch.get_num_threads(), "seconds": {"load": round(t1 - t0, 2), "calibrate": round(t2 - t1, 2),
                                           "save": round(t3 - t2, 2)},
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 

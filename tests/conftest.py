@@ -1,0 +1,29 @@
+"""Shared fixtures for the real end-to-end tests: one store, the CI profile, the bundled model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pytest_quant.calibration import CalibrationSpec
+from pytest_quant.store import Store
+
+MODEL = "smollm2-135m-instruct"
+CI_CALIBRATION = CalibrationSpec("bundled", num_samples=32, max_seq_length=256)
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """The checkpoint store: $QUANT_CACHE_DIR when set (CI shares it with the main job), else a temp dir."""
+    root = os.environ.get("QUANT_CACHE_DIR")
+    return Store(Path(root) if root else tmp_path_factory.mktemp("quant-store"))
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    python = os.environ.get("QUANT_VLLM_PYTHON")
+    if not python:
+        pytest.fail("QUANT_VLLM_PYTHON is not set: run scripts/setup.sh and export it (see README)")
+    return python
