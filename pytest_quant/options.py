@@ -63,7 +63,7 @@ class Option:
 # Profiles: the guides' settings, and a fast one for CI on a 2-core CPU.
 PROFILES: dict[str, dict[str, Any]] = {
     "guide": {"num_samples": 512, "max_seq_length": 2048, "num_fewshot": 5, "limit": 250},
-    "ci": {"num_samples": 32, "max_seq_length": 256, "num_fewshot": 0, "limit": 60},
+    "ci": {"num_samples": 32, "max_seq_length": 256, "num_fewshot": None, "limit": 60},
 }
 
 OPTIONS: tuple[Option, ...] = (
