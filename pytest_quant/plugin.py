@@ -166,6 +166,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     qs = _session(config)
     terminalreporter.section("pytest-quant gates")
     terminalreporter.write_line(table(rows))
+    for r in rows:
+        terminalreporter.write_line(f"- {r['model']} {r['scheme']} {r['task']}: {r['message']}")
     terminalreporter.write_line(f"backend: {qs.backend} ({qs.backend_reason}); device: {qs.device.describe()}")
 
 

@@ -260,3 +260,17 @@ def test_hub_model_without_network_is_one_clear_error(monkeypatch: pytest.Monkey
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(QuantEnvironmentError, match="not reachable and the model is not in the local cache"):
         materialize(resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct"), Store(tmp_path / "s"))
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def test_shipped_fixture_configs_parse() -> None:
+    import yaml
+
+    (vllm,) = parse_config(yaml.safe_load((FIXTURES / "quant_vllm_format.yaml").read_text()))
+    assert (vllm.scheme, vllm.task, vllm.metric, vllm.threshold.rtol) == (None, "quant_facts", "acc", 0.10)
+    (llmc,) = parse_config(yaml.safe_load((FIXTURES / "quant_llmcompressor_format.yaml").read_text()))
+    assert llmc.calibration_args == {"calibration": "HuggingFaceH4/ultrachat_200k:train_sft", "num_samples": 512}
+    with pytest.raises(QuantUsageError, match=r"tasks\[0\].metrics\[0\].value: expected"):
+        parse_config(yaml.safe_load((FIXTURES / "quant_malformed.yaml").read_text()))
