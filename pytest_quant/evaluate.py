@@ -24,7 +24,7 @@ from typing import Any
 from . import lm_runner
 from .errors import QuantEnvironmentError, QuantError, QuantUsageError
 from .store import Store, atomic_write_text, digest
-from .tasks import fixed_fewshot, task_digest, write_task_dir
+from .tasks import BUNDLED_TASKS, fixed_fewshot, task_digest, write_task_dir
 
 RUNNER = Path(lm_runner.__file__).resolve()
 KERNEL = re.compile(r"\b(\w+(?:LinearKernel|ScaledMMLinearKernel))\b")
@@ -122,6 +122,23 @@ def resolve_backend(requested: str, vllm_python: str | None) -> tuple[str, str]:
     return "vllm", "asked for" if requested == "vllm" else "vLLM interpreter configured"
 
 
+@lru_cache(maxsize=None)
+def _known_tasks(include_path: str) -> frozenset[str]:
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager(include_path=include_path).all_tasks)
+
+
+def check_tasks(tasks: list[str], include_path: Path) -> None:
+    """Fail before any model loads when lm-eval does not know a task."""
+    others = set(tasks) - set(BUNDLED_TASKS)
+    unknown = sorted(others - _known_tasks(str(include_path))) if others else []
+    if unknown:
+        raise QuantUsageError(f"unknown lm-eval task {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1
+                              else "") + "; bundled tasks are quant_facts, quant_arith, quant_text, and any task "
+                              "lm-eval lists with `lm_eval --tasks list`")
+
+
 def _hf_versions() -> dict[str, str]:
     from .build import versions
 
@@ -198,6 +215,8 @@ def evaluate(path: Path, identity: Any, runs: list[EvalRun], store: Store, backe
         return {"model": identity, "run": asdict(run), "task": task_digest(run.task, lm_eval_version),
                 "backend": backend, "device": device, "settings": settings, "versions": versions}
 
+    include_path = write_task_dir(store.root / "tasks")
+    check_tasks([r.task for r in runs], include_path)
     group = digest({"model": identity, "backend": backend})[:32]
     results: dict[EvalRun, RunResult] = {}
     with store.locked("evals", group, f"evaluation of {label}"):
@@ -212,7 +231,7 @@ def evaluate(path: Path, identity: Any, runs: list[EvalRun], store: Store, backe
             store.log(f"evaluating {label} with {backend}: " + ", ".join(
                 f"{r.task}(bos={r.add_bos_token}, fewshot={r.num_fewshot}, limit={r.limit})" for r in missing))
             request = {"backend": backend, "model_args": model_args,
-                       "include_path": str(write_task_dir(store.root / "tasks")),
+                       "include_path": str(include_path),
                        "runs": [{**asdict(r), "id": r.id} for r in missing]}
             if backend == "vllm":
                 response = _run_vllm(vllm_python or "", request, device, timeout, store.log)

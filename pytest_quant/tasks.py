@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .store import digest, file_digest
+from .store import atomic_write_text, digest, file_digest
 
 DATA = Path(__file__).parent / "data" / "tasks"
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "kl", "loss")
@@ -104,9 +104,10 @@ def task_digest(task: str, lm_eval_version: str) -> str:
 
 def write_task_dir(out: Path) -> Path:
     """Write every bundled task's YAML into ``out`` (an lm-eval ``include_path``)."""
-    out.mkdir(parents=True, exist_ok=True)
     for name, cfg in BUNDLED_TASKS.items():
-        (out / f"{name}.yaml").write_text(yaml.safe_dump({"task": name, **cfg}, sort_keys=False))
+        path, text = out / f"{name}.yaml", yaml.safe_dump({"task": name, **cfg}, sort_keys=False)
+        if not path.is_file() or path.read_text() != text:
+            atomic_write_text(path, text)  # other processes may be reading these files
     return out
 
 

