@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .calibration import CalibrationSpec, calibration_digest, prepare_calibration
+from .distributed import run_distributed_build
 from .errors import QuantUsageError
 from .models import ModelSource, materialize, resolve_model
 from .recipes import RecipeSpec, check_shapes, to_modifiers
@@ -76,11 +77,13 @@ def _shape_model(path: Path, trust_remote_code: bool) -> Any:
 
 
 def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, dataset: Any, tokenizer: Any,
-              device: str, trust_remote_code: bool, out: Path, log: Any) -> dict[str, Any]:
+              device: str, trust_remote_code: bool, out: Path, log: Any, gpus: int = 1) -> dict[str, Any]:
     import torch
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM
 
+    if gpus > 1:
+        return {"device": device, **run_distributed_build(gpus, base_path, recipe, calib, out, trust_remote_code, log)}
     torch.manual_seed(0)
     t0 = time.perf_counter()
     log(f"loading {base_path} for {recipe.scheme}")
@@ -100,8 +103,14 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
 
 
 def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpec, store: Store,
-                     device: str = "auto", rebuild: bool = False, trust_remote_code: bool = False) -> Checkpoint:
-    """Quantize ``model`` with ``recipe`` (or serve it from ``store``) and return the checkpoint."""
+                     device: str = "auto", rebuild: bool = False, trust_remote_code: bool = False,
+                     gpus: int = 1) -> Checkpoint:
+    """Quantize ``model`` with ``recipe`` (or serve it from ``store``) and return the checkpoint.
+
+    ``gpus > 1`` runs llm-compressor's distributed oneshot, one torchrun process per GPU.
+    """
+    if gpus < 1:
+        raise QuantUsageError(f"the number of GPUs for a build must be at least 1, got {gpus}")
     source = resolve_model(model)
     base_path, ident = materialize(source, store)
     device = resolve_device(device)
@@ -120,7 +129,7 @@ def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpe
     entry = store.get_or_create(
         "checkpoints", material,
         lambda out: _quantize(base_path, recipe, calibration, dataset, tokenizer, device, trust_remote_code, out,
-                              store.log),
+                              store.log, gpus),
         rebuild=rebuild, label=label)
     store.log(f"{label}: {'served from cache' if entry.cached else 'built'} at {entry.path}")
     return Checkpoint(entry.path, base_path, source, recipe, entry.manifest, entry.cached)

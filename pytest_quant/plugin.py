@@ -109,6 +109,9 @@ def _skip(qs: QuantSession, case: tuple[str, str] | None, requires: list[mk.Requ
     needs_backend = scheme is not None or any(r.backend for r in requires)
     backend = qs.backend if needs_backend else "hf"
     reason = skip_reason(scheme, qs.device, backend) if scheme else None
+    gpus = max(qs.settings.get("build_gpus"), qs.settings.get("eval_gpus")) if scheme else 1
+    if reason is None and gpus > 1:
+        reason = skip_reason(None, qs.device, backend, gpus=gpus)
     for r in requires:
         reason = reason or skip_reason(r.scheme, qs.device, backend, r.min_capability, r.max_capability, r.gpus,
                                        r.gpu_memory_gib)

@@ -8,7 +8,7 @@ scheme and one evaluation per (model, run).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class Target:
     scheme: str | None = None
     recipe: RecipeSpec | None = None  # None: the session's recipe for ``scheme``
     calibration: CalibrationSpec | None = None  # None: the session's calibration
+    gpus: dict[str, int] | None = field(default=None, compare=False, hash=False)  # build_gpus / eval_gpus
 
     @property
     def label(self) -> str:
@@ -112,7 +113,7 @@ class QuantSession:
             limit_threads()
             self._checkpoints[key] = build_checkpoint(
                 target.model, recipe, calibration, self.store, device=self.compute, rebuild=self.rebuild,
-                trust_remote_code=self.trust_remote_code)
+                trust_remote_code=self.trust_remote_code, gpus=self.settings.get("build_gpus", target.gpus))
         return self._checkpoints[key]
 
     # -- evaluation --------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class QuantSession:
             limit_threads()
             results = evaluate(path, identity, todo, self.store, backend=self.backend, vllm_python=self.vllm_python,
                                device=self.compute, timeout=self.settings.get("eval_timeout"),
-                               gpus=self.settings.get("eval_gpus"), rebuild=self.rebuild,
+                               gpus=self.settings.get("eval_gpus", target.gpus), rebuild=self.rebuild,
                                trust_remote_code=self.trust_remote_code, label=target.label)
             self._results.update({(memo, r): v for r, v in results.items()})
         return {r: self._results[(memo, r)] for r in runs}

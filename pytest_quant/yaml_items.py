@@ -52,6 +52,7 @@ class Check:
     run_args: dict[str, Any]
     recipe_args: dict[str, Any]
     calibration_args: dict[str, Any]
+    gpus: dict[str, int]
 
 
 def _need(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -89,6 +90,7 @@ def _parse_vllm(data: dict[str, Any]) -> list[Check]:
     model = _need(data, "model_name", str, "")
     rtol = _number(data.get("rtol", DEFAULT_RTOL), "rtol")
     run_args = {**_opt_int(data, "limit", ""), **_opt_int(data, "num_fewshot", "")}
+    gpus = {"eval_gpus": v for v in _opt_int(data, "tensor_parallel_size", "").values()}
     checks = []
     for i, task in enumerate(_need(data, "tasks", list, "")):
         where = f"tasks[{i}]."
@@ -102,7 +104,7 @@ def _parse_vllm(data: dict[str, Any]) -> list[Check]:
             metric = _need(m, "name", str, mw)
             t = Threshold(expected=_number(_need(m, "value", (int, float), mw), f"{mw}value"), rtol=rtol)
             _validate(t, metric, f"{mw}value")
-            checks.append(Check(model, None, name, metric, t, run_args, {}, {}))
+            checks.append(Check(model, None, name, metric, t, run_args, {}, {}, gpus))
     return checks
 
 
@@ -128,6 +130,7 @@ def _parse_llmcompressor(data: dict[str, Any]) -> list[Check]:
             CalibrationSpec(num_samples=calibration["num_samples"])
         except QuantUsageError as e:
             raise QuantUsageError(f"num_calibration_samples: {e}") from None
+    gpus = {**_opt_int(data, "build_gpus", ""), **_opt_int(data, "eval_gpus", "")}
     lm = _need(data, "lmeval", dict, "")
     task = _need(lm, "task", str, "lmeval.")
     rtol = _number(lm.get("rtol", DEFAULT_RTOL), "lmeval.rtol")
@@ -140,7 +143,7 @@ def _parse_llmcompressor(data: dict[str, Any]) -> list[Check]:
     for metric, value in metrics.items():
         t = Threshold(expected=_number(value, f"lmeval.metrics.{metric}"), rtol=rtol, recovery=recovery)
         _validate(t, metric, f"lmeval.metrics.{metric}")
-        checks.append(Check(model, scheme, task, str(metric), t, run_args, recipe_args, calibration))
+        checks.append(Check(model, scheme, task, str(metric), t, run_args, recipe_args, calibration, gpus))
     return checks
 
 
@@ -178,10 +181,10 @@ class QuantYamlItem(pytest.Item):
         c = self.check
         try:
             target = Target(c.model, c.scheme, qs.recipe(c.scheme, c.recipe_args) if c.scheme else None,
-                            qs.calibration(c.calibration_args) if c.scheme else None)
+                            qs.calibration(c.calibration_args) if c.scheme else None, c.gpus)
             run = qs.run(c.task, c.run_args)
             result = qs.evaluate(target, [run])[run]
-            base = qs.evaluate(Target(c.model), [run])[run] if c.threshold.needs_base else None
+            base = qs.evaluate(Target(c.model, gpus=c.gpus), [run])[run] if c.threshold.needs_base else None
             value = result.value(c.metric)
             verdict = check(c.metric, value, c.threshold, result.stderr(c.metric), result.n,
                             base.value(c.metric) if base else None, base.stderr(c.metric) if base else None)
