@@ -42,6 +42,25 @@ python3 -m pytest --pyargs pytest_quant.suite tests/test_hardware_gpu.py -p no:r
   | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/suite.log" || true
 echo "[gpu] gate suite took ${SECONDS}s" | tee -a "$OUT/suite.log"
 tail -60 "$OUT/suite.log"
+SECONDS=0
+timeout 240 python3 - <<'PY' 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" | tail -30 | tee "$OUT/distributed.log" || true
+# llm-compressor's distributed oneshot path (torchrun), on the one GPU there is: W4A16, guide settings.
+from pathlib import Path
+from pytest_quant.build import load_tokenizer
+from pytest_quant.calibration import CalibrationSpec
+from pytest_quant.checks import checkpoint_problems
+from pytest_quant.distributed import run_distributed_build
+from pytest_quant.models import materialize, resolve_model
+from pytest_quant.recipes import RecipeSpec
+from pytest_quant.store import Store
+base, _ = materialize(resolve_model("smollm2-135m-instruct"), Store("/tmp/quant-cache"))
+out = Path("/tmp/dist-out")
+out.mkdir(exist_ok=True)
+recipe = RecipeSpec("W4A16", group_size=64)
+info = run_distributed_build(1, base, recipe, CalibrationSpec("bundled", 512, 2048), out, False, print)
+print("distributed build", info, "problems:", checkpoint_problems(out, recipe))
+PY
+echo "[gpu] distributed (torchrun, 1 GPU) step took ${SECONDS}s" | tee -a "$OUT/distributed.log"
 python3 - <<'PY' | tee "$OUT/builds.txt"
 import json, pathlib
 for m in sorted(pathlib.Path("/tmp/quant-cache/checkpoints").glob("*/manifest.json")):
