@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .calibration import CalibrationSpec, calibration_digest, prepare_calibration
 from .distributed import run_distributed_build
 from .errors import QuantUsageError
@@ -122,7 +123,7 @@ def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpe
         "recipe": recipe.as_dict(),
         "calibration": {"source": calibration.source, "num_samples": calibration.num_samples,
                         "max_seq_length": calibration.max_seq_length, "tokens_sha256": calibration_digest(dataset)},
-        "versions": versions(),
+        "versions": {**versions(), "pytest-quant": __version__},
         "device": device,
     }
     label = f"{source.name} {recipe.scheme} checkpoint"

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import lm_runner
 from .errors import QuantEnvironmentError, QuantError, QuantUsageError
-from .store import Store, atomic_write_text, digest
+from .store import Store, atomic_write_text, digest, file_digest
 from .tasks import BUNDLED_TASKS, fixed_fewshot, task_digest, write_task_dir
 
 RUNNER = Path(lm_runner.__file__).resolve()
@@ -207,13 +207,15 @@ def evaluate(path: Path, identity: Any, runs: list[EvalRun], store: Store, backe
              rebuild: bool = False, trust_remote_code: bool = False, label: str = "model") -> dict[EvalRun, RunResult]:
     """Metrics for each run of the model at ``path`` (identified for caching by ``identity``)."""
     versions = probe_vllm(vllm_python) if backend == "vllm" else _hf_versions()
+    runner_digest = file_digest(RUNNER)  # how prompts are built and counted is part of the result
     lm_eval_version = versions.get("lm_eval", "?")
     model_args = _model_args(backend, path, device, gpus, trust_remote_code)
     settings = {k: v for k, v in model_args.items() if k != "pretrained"}
 
     def material(run: EvalRun) -> dict[str, Any]:
         return {"model": identity, "run": asdict(run), "task": task_digest(run.task, lm_eval_version),
-                "backend": backend, "device": device, "settings": settings, "versions": versions}
+                "backend": backend, "device": device, "settings": settings, "versions": versions,
+                "runner": runner_digest}
 
     include_path = write_task_dir(store.root / "tasks")
     check_tasks([r.task for r in runs], include_path)

@@ -45,21 +45,26 @@ def make_lm(backend: str, model_args: dict[str, Any]) -> Any:
 
 
 def _instrument_bos(lm: Any, counts: Counter, ensure: bool) -> None:
-    """Wrap ``lm.tok_encode``: count the BOS tokens that begin every encoded prompt, and with ``ensure``
-    prepend one where the tokenizer added none (lm-eval's ``add_bos_token`` only asks the tokenizer to
-    add special tokens, which many chat tokenizers ignore). ``loglikelihood_rolling`` is left alone:
-    lm-eval puts its own prefix token in front of each rolling window.
+    """Wrap ``lm.tok_encode``: count the BOS tokens that begin every prompt the model sees, and with
+    ``ensure`` prepend one where the tokenizer added none (lm-eval's ``add_bos_token`` only asks the
+    tokenizer to add special tokens, which many chat tokenizers ignore). ``loglikelihood_rolling`` is left
+    alone: lm-eval puts its own prefix token (the BOS where there is one) in front of each window, and
+    that token is counted.
     """
     bos = lm.tokenizer.bos_token_id
     inner = lm.tok_encode
-    rolling = {"active": False}
+    rolling = {"prefix": None}
 
     def fix(ids: list[int]) -> list[int]:
-        if ensure and bos is not None and not rolling["active"] and (not ids or ids[0] != bos):
-            ids = [bos, *ids]
-            counts["inserted"] += 1
+        if rolling["prefix"] is not None:
+            seen = [rolling["prefix"], *ids]
+        else:
+            if ensure and bos is not None and (not ids or ids[0] != bos):
+                ids = [bos, *ids]
+                counts["inserted"] += 1
+            seen = ids
         n = 0
-        while n < len(ids) and ids[n] == bos and n < 3:
+        while n < len(seen) and seen[n] == bos and n < 3:
             n += 1
         counts[str(n)] += 1
         return ids
@@ -73,11 +78,11 @@ def _instrument_bos(lm: Any, counts: Counter, ensure: bool) -> None:
     inner_rolling = lm.loglikelihood_rolling
 
     def loglikelihood_rolling(*args: Any, **kwargs: Any) -> Any:
-        rolling["active"] = True
+        rolling["prefix"] = lm.prefix_token_id
         try:
             return inner_rolling(*args, **kwargs)
         finally:
-            rolling["active"] = False
+            rolling["prefix"] = None
 
     lm.tok_encode = tok_encode
     lm.loglikelihood_rolling = loglikelihood_rolling

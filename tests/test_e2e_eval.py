@@ -66,6 +66,7 @@ def test_vllm_cpu_evaluates_all_runs_in_one_engine(name: str, base, checkpoints,
     # With add_bos_token every prompt starts with exactly one BOS; without, none starts with two.
     assert set(results[RUNS[0]].bos_prefix_counts) <= {"1", "inserted"}
     assert not {"2", "3"} & set(results[RUNS[1]].bos_prefix_counts)
+    assert set(results[RUNS[3]].bos_prefix_counts) == {"1"}  # rolling windows: lm-eval's own prefix BOS
     start = time.perf_counter()
     again = evaluate(path, ident, RUNS, store, backend="vllm", vllm_python=vllm_python, label=name)
     assert time.perf_counter() - start < 10, "the result cache must answer without starting vLLM"

@@ -18,6 +18,7 @@ import json, os
 from pathlib import Path
 from pytest_quant.build import Checkpoint
 from pytest_quant.evaluate import RunResult
+from pytest_quant.hardware import Device
 from pytest_quant.models import resolve_model
 from pytest_quant.recipes import RecipeSpec
 from pytest_quant.session import QuantSession
@@ -39,6 +40,7 @@ QuantSession.checkpoint = checkpoint
 QuantSession.evaluate = evaluate
 QuantSession.backend = property(lambda self: os.environ.get("FAKE_BACKEND", "hf"))
 QuantSession.backend_reason = property(lambda self: "fake")
+QuantSession.device = property(lambda self: Device("cpu", "x86_64"))  # the same skips on any test machine
 """
 
 GATED = """
