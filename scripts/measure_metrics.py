@@ -1,0 +1,64 @@
+"""Measure the bundled tasks' metrics for the base model and its CI-profile W4A16/W8A8 checkpoints.
+
+    .venvs/quant/bin/python scripts/measure_metrics.py [--backends vllm,hf] [--out docs/metrics.json]
+
+Evaluation settings are the guide profile's (5-shot, limit 250; quant_text 0-shot, 200 documents).
+Prints a Markdown table (the one in docs/EVALUATION.md) and writes the raw numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from pytest_quant.build import build_checkpoint
+from pytest_quant.calibration import CalibrationSpec
+from pytest_quant.evaluate import EvalRun, evaluate
+from pytest_quant.models import materialize, resolve_model
+from pytest_quant.recipes import RecipeSpec
+from pytest_quant.store import Store
+from pytest_quant.tasks import primary_metric
+
+MODEL = "smollm2-135m-instruct"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backends", default="vllm,hf")
+    ap.add_argument("--out", default="docs/metrics.json")
+    ap.add_argument("--hf-arith-limit", type=int, default=100, help="generation is slow with transformers on a CPU")
+    args = ap.parse_args()
+    store = Store(os.environ.get("QUANT_CACHE_DIR", ".quant-cache"))
+    base_path, base_id = materialize(resolve_model(MODEL), store)
+    targets = {"base": (base_path, {"base": base_id})}
+    for scheme in ("W4A16", "W8A8"):
+        ck = build_checkpoint(MODEL, RecipeSpec(scheme, group_size="auto"), CalibrationSpec("bundled", 32, 256), store)
+        targets[scheme] = (ck.path, {"checkpoint": ck.key})
+    rows = []
+    for backend in args.backends.split(","):
+        runs = [EvalRun("quant_facts", 5, 250), EvalRun("quant_text", 0, 200),
+                EvalRun("quant_arith", 5, 250 if backend == "vllm" else args.hf_arith_limit)]
+        for name, (path, ident) in targets.items():
+            res = evaluate(path, ident, runs, store, backend=backend, vllm_python=os.environ.get("QUANT_VLLM_PYTHON"),
+                           label=name)
+            for run, r in res.items():
+                metric = primary_metric(run.task)
+                m = r.metrics[metric]
+                rows.append({"backend": backend, "model": name, "task": run.task, "metric": metric, "value": m["value"],
+                             "stderr": m["stderr"], "n": r.n, "fewshot": run.num_fewshot, "seconds": r.seconds,
+                             "kernels": r.kernels})
+    Path(args.out).write_text(json.dumps(rows, indent=2))
+    print("| backend | task | metric | n | base | W4A16 | W8A8 |")
+    print("|---|---|---|---|---|---|---|")
+    for backend in args.backends.split(","):
+        for task in ("quant_facts", "quant_arith", "quant_text"):
+            cells = {r["model"]: r for r in rows if r["backend"] == backend and r["task"] == task}
+            fmt = lambda r: f"{r['value']:.4f}" + (f" ± {r['stderr']:.4f}" if r["stderr"] else "")  # noqa: E731
+            print(f"| {backend} | {task} | {cells['base']['metric']} | {cells['base']['n']} | {fmt(cells['base'])} | "
+                  f"{fmt(cells['W4A16'])} | {fmt(cells['W8A8'])} |")
+
+
+if __name__ == "__main__":
+    main()
