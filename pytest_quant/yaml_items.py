@@ -33,6 +33,7 @@ import yaml
 from .calibration import CalibrationSpec
 from .errors import QuantError, QuantUsageError
 from .gates import Threshold, check
+from .hardware import skip_reason
 from .recipes import RecipeSpec
 
 DEFAULT_RTOL = 0.05
@@ -179,6 +180,9 @@ class QuantYamlItem(pytest.Item):
 
         qs = self.config.stash[SESSION]
         c = self.check
+        reason = skip_reason(c.scheme, qs.device, qs.backend) if c.scheme else None
+        if reason:
+            pytest.skip(reason)
         try:
             target = Target(c.model, c.scheme, qs.recipe(c.scheme, c.recipe_args) if c.scheme else None,
                             qs.calibration(c.calibration_args) if c.scheme else None, c.gpus)

@@ -253,3 +253,12 @@ def test_yaml_config_items_run_gates(fake: pytest.Pytester) -> None:
     r = run(fake)
     r.assert_outcomes(failed=1)
     assert "quant_ok.yaml: quantization gate failed: acc = 0.5000" in r.stdout.str()
+
+
+def test_yaml_config_items_skip_schemes_the_device_cannot_run(fake: pytest.Pytester, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_BACKEND", "vllm")
+    fake.makefile(".yaml", quant_w8a16=(
+        "model: smollm2-135m-instruct\nscheme: W8A16\nlmeval:\n  task: quant_facts\n  metrics:\n    acc: 0.5\n"))
+    r = run(fake, "-rs")
+    r.assert_outcomes(skipped=1)
+    assert "W8A16: vLLM's CPU backend has no kernel" in r.stdout.str()
