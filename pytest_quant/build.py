@@ -56,10 +56,6 @@ class Checkpoint:
     def key(self) -> str:
         return self.manifest["key"]
 
-    @property
-    def id(self) -> str:
-        return f"{self.source.name}-{self.recipe.scheme}"
-
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer

@@ -163,6 +163,17 @@ def _model_args(backend: str, path: Path, device: str, gpus: int, trust_remote_c
     return args
 
 
+def cpu_share() -> str:
+    """This process's share of the cores, as a vLLM CPU bind list: all of them, or under pytest-xdist the
+    worker's slice, so that two workers' engines do not both bind to core 0."""
+    cores = sorted(os.sched_getaffinity(0))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % max(workers, 1)
+    per = max(1, len(cores) // max(workers, 1))
+    share = cores[index * per:(index + 1) * per] or cores[-per:]
+    return ",".join(map(str, share))
+
+
 def _run_vllm(python: str, request: dict[str, Any], device: str, timeout: float, log: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pytest-quant-eval-") as tmp:
         req, resp, logf = Path(tmp) / "request.json", Path(tmp) / "response.json", Path(tmp) / "vllm.log"
@@ -171,6 +182,9 @@ def _run_vllm(python: str, request: dict[str, Any], device: str, timeout: float,
         if device == "cpu":
             env.setdefault("VLLM_TARGET_DEVICE", "cpu")
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            if "VLLM_CPU_OMP_THREADS_BIND" not in env:  # vLLM's default reserves one core and binds to core 0
+                env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_share()
+                env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         start = time.perf_counter()
         with open(logf, "w") as out:
             proc = subprocess.Popen([python, str(RUNNER), str(req), str(resp)], stdout=out, stderr=subprocess.STDOUT,

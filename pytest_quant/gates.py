@@ -9,9 +9,8 @@ The statistics-aware options widen a bound so that only a significant regression
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any
 
 from .errors import QuantUsageError
 from .tasks import higher_is_better
@@ -71,9 +70,6 @@ class Verdict:
     base: float | None = None
     recovery: float | None = None
     failures: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def wilson_interval(p: float, n: int, confidence: float) -> tuple[float, float]:

@@ -7,7 +7,6 @@ vLLM's own code is more lenient in places, noted per row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -91,8 +90,3 @@ def skip_reason(scheme: str | None, device: Device, backend: str, min_capability
         return f"{scheme or 'test'} is not supported on capability {need_max / 10:.1f}+, found {found}"
     return None
 
-
-def support_table() -> list[dict[str, Any]]:
-    return [{"scheme": s, "min_capability": r.min_capability / 10,
-             "max_capability": r.max_capability / 10 if r.max_capability else None,
-             "cpu_kernel": r.cpu_kernel, "note": r.note} for s, r in SUPPORT.items()]

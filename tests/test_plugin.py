@@ -7,7 +7,6 @@ plugin's own logic in seconds; tests/test_e2e_*.py run the real pipeline.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 

@@ -156,3 +156,17 @@ def test_secrets_never_reach_reports_or_baselines(pytester: pytest.Pytester, mon
         text = (pytester.path / name).read_text()
         assert "hf_secret_value_123" not in text, name
     assert json.loads((pytester.path / "report.json").read_text())["gates"]
+
+
+def test_vllm_cpu_binding_splits_cores_between_xdist_workers(monkeypatch) -> None:
+    from pytest_quant.evaluate import cpu_share
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    assert cpu_share() == "0,1,2,3"
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    assert cpu_share() == "2,3"
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    assert cpu_share() == "0,1"
