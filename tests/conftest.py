@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+# Imported here, before any test: pytester restores sys.modules after each test that uses it, and
+# llm-compressor's modules register kernels in compressed-tensors at import, so a second import (after a
+# test imported them first inside pytester) fails with "A backend with function name ... is already registered".
+import llmcompressor.modifiers.gptq  # noqa: F401,E402
+import llmcompressor.modifiers.transform.smoothquant  # noqa: F401,E402
+from llmcompressor import oneshot  # noqa: F401,E402
+
 from pytest_quant.calibration import CalibrationSpec
 from pytest_quant.store import Store
 
