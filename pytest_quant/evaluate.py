@@ -135,7 +135,7 @@ def check_tasks(tasks: list[str], include_path: Path) -> None:
     unknown = sorted(others - _known_tasks(str(include_path))) if others else []
     if unknown:
         raise QuantUsageError(f"unknown lm-eval task {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1
-                              else "") + "; bundled tasks are quant_facts, quant_arith, quant_text, and any task "
+                              else "") + f"; bundled tasks are {', '.join(BUNDLED_TASKS)}, and any task "
                               "lm-eval lists with `lm_eval --tasks list`")
 
 

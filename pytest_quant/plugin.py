@@ -21,6 +21,7 @@ from .session import QuantSession
 SESSION = pytest.StashKey[QuantSession]()
 BASELINE = pytest.StashKey["Baseline | None"]()
 ROWS = pytest.StashKey[list]()
+SPECS = pytest.StashKey[dict]()  # an item's parsed markers, from collection to its run
 CASE_FIXTURES = {"quant_case", "quantized_checkpoint", "quant_scheme", "quant_recipe"}
 MODEL_FIXTURES = {"quant_model_id", "quant_base_model", "calibration_dataset"}
 
@@ -82,7 +83,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for item in items:
         case = _case(item)
         try:
-            specs = _marker_specs(item)
+            specs = item.stash[SPECS] = _marker_specs(item)
         except QuantUsageError as e:
             raise pytest.UsageError(f"pytest-quant: {item.nodeid}: {e}") from None
         if (specs["quant_accuracy"] or specs["quant_bos"]) and case is None:
@@ -127,7 +128,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if case is None:
         return result
     qs = _session(item.config)
-    specs = _marker_specs(item)
+    specs = item.stash[SPECS]
     if not specs["quant_accuracy"] and not specs["quant_bos"]:
         return result
     rows = []
