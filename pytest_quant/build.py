@@ -17,8 +17,8 @@ from .calibration import CalibrationSpec, calibration_digest, prepare_calibratio
 from .distributed import run_distributed_build
 from .errors import QuantUsageError
 from .models import ModelSource, materialize, resolve_model
-from .recipes import RecipeSpec, check_shapes, to_modifiers
-from .store import Store
+from .recipes import SCHEMES, RecipeSpec, check_shapes, to_modifiers
+from .store import Store, content_digest
 
 LIBRARIES = ("llmcompressor", "compressed-tensors", "transformers", "torch")
 
@@ -43,18 +43,42 @@ def resolve_device(device: str) -> str:
     return device
 
 
+# Calibration batch size 'auto' per device: measured in docs/PERFORMANCE.md (CPU) and docs/GPU.md (CUDA).
+AUTO_BATCH = {"cpu": 1, "cuda": 16}
+
+
 @dataclass
 class Checkpoint:
     path: Path
-    base_path: Path
+    base_path: Path | None  # None for a checkpoint given from elsewhere (its base is the session's model)
     source: ModelSource
-    recipe: RecipeSpec
+    recipe: RecipeSpec | None  # None when a given checkpoint's scheme is not one pytest-quant builds
     manifest: dict[str, Any]
     cached: bool
+    scheme: str = ""
 
     @property
     def key(self) -> str:
         return self.manifest["key"]
+
+
+def given_checkpoint(path: Path, model: str, scheme: str) -> Checkpoint:
+    """A compressed-tensors checkpoint built elsewhere, identified by its content."""
+    from .checks import checkpoint_problems
+
+    problems = checkpoint_problems(path)
+    if problems:
+        raise QuantUsageError(f"checkpoint {path} is not a usable compressed-tensors checkpoint: "
+                              + "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
+    recipe = RecipeSpec(scheme) if scheme in SCHEMES else None
+    return Checkpoint(path, None, resolve_model(model), recipe, {"key": content_digest(path)[:32], "seconds": None},
+                      True, scheme)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
@@ -73,30 +97,51 @@ def _shape_model(path: Path, trust_remote_code: bool) -> Any:
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
+def batch_size(calib: CalibrationSpec, device: str) -> int:
+    """The calibration batch size to use: the spec's, or for 'auto' the one measured to pay on ``device``."""
+    return AUTO_BATCH.get(device, 1) if calib.batch_size == "auto" else int(calib.batch_size)
+
+
 def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, dataset: Any, tokenizer: Any,
               device: str, trust_remote_code: bool, out: Path, log: Any, gpus: int = 1) -> dict[str, Any]:
     import torch
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM
 
+    from .batching import pad_masking, padded_batches
+
     if gpus > 1:
         return {"device": device, **run_distributed_build(gpus, base_path, recipe, calib, out, trust_remote_code, log)}
     torch.manual_seed(0)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    batch = batch_size(calib, device)
     t0 = time.perf_counter()
     log(f"loading {base_path} for {recipe.scheme}")
     model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto", trust_remote_code=trust_remote_code)
     t1 = time.perf_counter()
-    log(f"calibrating {recipe.scheme} on {len(dataset)} samples x <= {calib.max_seq_length} tokens ({device})")
-    oneshot(model=model, dataset=dataset, recipe=to_modifiers(recipe), max_seq_length=calib.max_seq_length,
-            num_calibration_samples=calib.num_samples, shuffle_calibration_samples=False)
+    log(f"calibrating {recipe.scheme} on {len(dataset)} samples x <= {calib.max_seq_length} tokens ({device}, "
+        f"batch {batch})")
+    if batch == 1:
+        oneshot(model=model, dataset=dataset, recipe=to_modifiers(recipe), max_seq_length=calib.max_seq_length,
+                num_calibration_samples=calib.num_samples, shuffle_calibration_samples=False)
+    else:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        loader, masks = padded_batches(dataset, batch, pad)
+        with pad_masking(model, masks):
+            oneshot(model=model, dataset=loader, recipe=to_modifiers(recipe), max_seq_length=calib.max_seq_length)
     t2 = time.perf_counter()
     log(f"saving compressed-tensors checkpoint ({recipe.format})")
     model.save_pretrained(str(out), save_compressed=True)
     tokenizer.save_pretrained(str(out))
     t3 = time.perf_counter()
-    return {"device": device, "torch_threads": torch.get_num_threads(), "seconds": {"load": round(t1 - t0, 2), "calibrate": round(t2 - t1, 2),
-                                          "save": round(t3 - t2, 2)},
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    info: dict[str, Any] = {"device": device, "torch_threads": torch.get_num_threads(), "batch_size": batch,
+                            "seconds": {"load": round(t1 - t0, 2), "calibrate": round(t2 - t1, 2),
+                                        "save": round(t3 - t2, 2)},
+                            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device == "cuda":
+        info["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return info
 
 
 def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpec, store: Store,
@@ -118,9 +163,13 @@ def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpe
         "model": ident,
         "recipe": recipe.as_dict(),
         "calibration": {"source": calibration.source, "num_samples": calibration.num_samples,
-                        "max_seq_length": calibration.max_seq_length, "tokens_sha256": calibration_digest(dataset)},
+                        "max_seq_length": calibration.max_seq_length, "tokens_sha256": calibration_digest(dataset),
+                        "batch_size": batch_size(calibration, device)},
         "versions": {**versions(), "pytest-quant": __version__},
         "device": device,
+        # float sums run in another order with another thread count: the bytes differ (tests/test_e2e_build.py)
+        "threads": _threads() if device == "cpu" else None,
+        "gpus": gpus,
     }
     label = f"{source.name} {recipe.scheme} checkpoint"
     entry = store.get_or_create(
@@ -129,4 +178,4 @@ def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpe
                               store.log, gpus),
         rebuild=rebuild, label=label)
     store.log(f"{label}: {'served from cache' if entry.cached else 'built'} at {entry.path}")
-    return Checkpoint(entry.path, base_path, source, recipe, entry.manifest, entry.cached)
+    return Checkpoint(entry.path, base_path, source, recipe, entry.manifest, entry.cached, recipe.scheme)

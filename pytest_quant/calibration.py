@@ -7,6 +7,7 @@ tokenizer's chat template, tokenize with ``padding=False``, ``truncation=True``,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,38 @@ class CalibrationSpec:
     source: str = "bundled"  # 'bundled', hub 'dataset_id[:split]', or a .jsonl/.json/.parquet path
     num_samples: int = 512
     max_seq_length: int = 2048
+    batch_size: int | str = 1  # samples per calibration batch, or 'auto' (chosen per device by the build)
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "max_seq_length"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise QuantUsageError(f"calibration {name} must be a positive integer, got {v!r}")
+        b = self.batch_size
+        if b != "auto" and (not isinstance(b, int) or isinstance(b, bool) or b <= 0):
+            raise QuantUsageError(f"calibration batch_size must be a positive integer or 'auto', got {b!r}")
+
+
+def check_jsonl(path: Path) -> None:
+    """Refuse a JSON-lines file that is empty or has a line that is not a JSON object, naming the line."""
+    rows = 0
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise QuantUsageError(f"calibration file {path}, line {number}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise QuantUsageError(f"calibration file {path}, line {number}: expected a JSON object with "
+                                      f"'messages' or 'text', got {type(row).__name__}")
+            if "messages" not in row and "text" not in row:
+                raise QuantUsageError(f"calibration file {path}, line {number}: needs a 'messages' (chat) or "
+                                      f"'text' field; it has {', '.join(row) or 'none'}")
+            rows += 1
+    if rows == 0:
+        raise QuantUsageError(f"calibration file {path} has no rows")
 
 
 def _load_rows(source: str, num_samples: int) -> Any:
@@ -43,8 +70,14 @@ def _load_rows(source: str, num_samples: int) -> Any:
     if source == "bundled" or path.suffix in {".jsonl", ".json", ".parquet"}:
         if not path.is_file():
             raise QuantUsageError(f"calibration file {source!r} does not exist")
+        if path.suffix == ".jsonl":
+            check_jsonl(path)
         fmt = "parquet" if path.suffix == ".parquet" else "json"
-        ds = load_dataset(fmt, data_files=str(path), split="train")
+        try:
+            ds = load_dataset(fmt, data_files=str(path), split="train")
+        except Exception as e:  # datasets raises many types for a malformed file; name the file and the cause
+            cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise QuantUsageError(f"calibration file {path} cannot be read as {fmt}: {cause}") from None
     else:
         dataset_id, _, split = source.partition(":")
         try:

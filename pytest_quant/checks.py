@@ -1,4 +1,4 @@
-"""Checks on a saved checkpoint: what the guides' output must look like on disk, and that it runs."""
+"""Checks on a saved checkpoint: what a compressed-tensors checkpoint must look like on disk, and that it runs."""
 
 from __future__ import annotations
 
@@ -6,38 +6,79 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .errors import QuantUsageError
 from .recipes import SCHEMES, RecipeSpec
 
 
-def _tensors(path: Path) -> dict[str, tuple[str, list[int]]]:
-    """name -> (dtype, shape) of every tensor in the checkpoint's safetensors files, read from headers."""
+def _tensors(path: Path) -> tuple[dict[str, tuple[str, list[int]]], list[str]]:
+    """name -> (dtype, shape) of every tensor in the safetensors files (from headers), and unreadable files."""
     from safetensors import safe_open
 
-    out = {}
+    out, broken = {}, []
     for f in sorted(path.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():
-                s = st.get_slice(name)
-                out[name] = (s.get_dtype(), list(s.get_shape()))
-    return out
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for name in st.keys():
+                    s = st.get_slice(name)
+                    out[name] = (s.get_dtype(), list(s.get_shape()))
+        except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
+            broken.append(f"{f.name} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    return out, broken
 
 
-def checkpoint_problems(path: Path, recipe: RecipeSpec) -> list[str]:
-    """Every way the checkpoint at ``path`` differs from a compressed-tensors ``recipe`` checkpoint."""
-    problems: list[str] = []
-    config = json.loads((path / "config.json").read_text())
-    q: dict[str, Any] = config.get("quantization_config") or {}
+def quantization_config(path: Path) -> dict[str, Any]:
+    """The checkpoint's ``quantization_config`` ({} when there is none); a usage error without config.json."""
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise QuantUsageError(f"{path} has no config.json: not a model checkpoint")
+    try:
+        return json.loads(cfg.read_text()).get("quantization_config") or {}
+    except ValueError as e:
+        raise QuantUsageError(f"{cfg} is not valid JSON ({e})") from None
+
+
+def checkpoint_scheme(path: Path) -> str:
+    """The scheme of a compressed-tensors checkpoint, read from its config (W4A16, W8A8, W8A16, or as found)."""
+    q = quantization_config(path)
     if q.get("quant_method") != "compressed-tensors":
-        problems.append(f"quant_method is {q.get('quant_method')!r}, expected 'compressed-tensors'")
-    if q.get("format") != recipe.format:
+        raise QuantUsageError(f"{path} is not a compressed-tensors checkpoint (quant_method "
+                              f"{q.get('quant_method')!r}); pass a checkpoint saved with save_compressed=True")
+    groups = list((q.get("config_groups") or {}).values())
+    if not groups:
+        raise QuantUsageError(f"{path}: quantization_config has no config_groups")
+    weights, acts = groups[0].get("weights") or {}, groups[0].get("input_activations") or {}
+    kind = "" if weights.get("type", "int") == "int" else "-" + str(weights.get("type")).upper()
+    return f"W{weights.get('num_bits', '?')}A{acts.get('num_bits', 16) if acts else 16}{kind}"
+
+
+def checkpoint_problems(path: Path, recipe: RecipeSpec | None = None) -> list[str]:
+    """Every way the checkpoint at ``path`` differs from a compressed-tensors checkpoint (of ``recipe``)."""
+    if not (path / "config.json").is_file():
+        return ["config.json is missing"]
+    try:
+        q: dict[str, Any] = quantization_config(path)
+    except QuantUsageError as e:
+        return [str(e)]
+    problems: list[str] = []
+    if q.get("quant_method") != "compressed-tensors":
+        problems.append(f"quant_method is {q.get('quant_method')!r}, expected 'compressed-tensors' (config.json has "
+                        f"{'no quantization_config' if not q else 'another quantization method'})")
+    expected_format = recipe.format if recipe else q.get("format")
+    if recipe and q.get("format") != recipe.format:
         problems.append(f"format is {q.get('format')!r}, expected {recipe.format!r}")
     if "lm_head" not in q.get("ignore", []):
         problems.append(f"lm_head is not in ignore: {q.get('ignore')}")
-    tensors = _tensors(path)
+    tensors, broken = _tensors(path)
+    problems += broken
+    if not tensors and not broken:
+        problems.append("no *.safetensors weights")
+    if broken or not tensors:
+        return problems
     if any(n.startswith("lm_head.") and n != "lm_head.weight" for n in tensors):
         problems.append("lm_head has quantization tensors")
-    gs = recipe.effective_group_size
-    if recipe.format == "pack-quantized":
+    gs = recipe.effective_group_size if recipe else None
+    bits = SCHEMES[recipe.scheme]["weight_bits"] if recipe else 4
+    if expected_format == "pack-quantized":
         packed = {n[: -len(".weight_packed")]: v for n, v in tensors.items() if n.endswith(".weight_packed")}
         if not packed:
             problems.append("no *.weight_packed tensors")
@@ -45,12 +86,11 @@ def checkpoint_problems(path: Path, recipe: RecipeSpec) -> list[str]:
             if dtype != "I32":
                 problems.append(f"{layer}.weight_packed is {dtype}, expected I32")
             scale = tensors.get(f"{layer}.weight_scale")
-            shape_in = tensors.get(f"{layer}.weight_shape")
             if scale is None:
                 problems.append(f"{layer}.weight_scale is missing")
-            elif shape_in is not None and gs and scale[1][-1] * gs != shape[-1] * 32 // SCHEMES[recipe.scheme]["weight_bits"]:
+            elif gs and scale[1][-1] * gs != shape[-1] * 32 // bits:
                 problems.append(f"{layer}.weight_scale shape {scale[1]} does not match group size {gs}")
-    else:
+    elif expected_format == "int-quantized":
         weights = {n[: -len(".weight")]: v for n, v in tensors.items()
                    if n.endswith(".weight") and f"{n[:-len('.weight')]}.weight_scale" in tensors}
         if not weights:
@@ -59,17 +99,16 @@ def checkpoint_problems(path: Path, recipe: RecipeSpec) -> list[str]:
             if dtype != "I8":
                 problems.append(f"{layer}.weight is {dtype}, expected I8")
             scale_shape = tensors[f"{layer}.weight_scale"][1]
-            if scale_shape != [shape[0], 1]:
+            if recipe and scale_shape != [shape[0], 1]:
                 problems.append(f"{layer}.weight_scale shape {scale_shape}, expected per-channel {[shape[0], 1]}")
     if not ((path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file()):
         problems.append("no tokenizer saved")
     tok_config = path / "tokenizer_config.json"
     has_template = (path / "chat_template.jinja").is_file() or (
         tok_config.is_file() and "chat_template" in json.loads(tok_config.read_text()))
-    if not has_template:
+    if recipe and not has_template:
         problems.append("no chat template saved")
     return problems
-
 
 
 def generate(path: Path, prompt: str, max_new_tokens: int = 24) -> str:

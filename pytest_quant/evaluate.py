@@ -1,33 +1,40 @@
-"""Evaluate a model directory with lm-eval, through vLLM (its own interpreter) or transformers.
+"""Evaluate a model directory with lm-eval, item by item, through vLLM (its own interpreter) or transformers.
 
-One model load serves every run (task x BOS variant x settings) asked for at once; each run's result is
-cached in the store under a key of the model's identity, the run's settings, the task's definition and
-data, the backend and the library versions. lm-eval's own ``use_cache`` is not used: it keys on the
-request alone and would serve one model's answers to another.
+What is cached is the result of each item: a run (task x settings) evaluates the items asked for that the
+store does not hold yet, all runs of one model in one model load, and writes them as a new store entry
+under ``evals/<run key>/``. The run key covers the model's content digest (never a name the caller
+passes), the run's settings, the task's definition and data, the backend, its model arguments, the library
+versions and the runner; which items were evaluated is each entry's own key. So a gate that needs more
+items evaluates only the new ones, and a checkpoint that changes gets new results.
+lm-eval's own ``use_cache`` is not used: it keys on the request alone and would serve one model's answers
+to another.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import lm_runner
 from .errors import QuantEnvironmentError, QuantError, QuantUsageError
-from .store import Store, atomic_write_text, digest, file_digest
-from .tasks import BUNDLED_TASKS, fixed_fewshot, task_digest, write_task_dir
+from .gates import Value
+from .store import Store, atomic_write_text, content_digest, digest, file_digest
+from .tasks import fixed_fewshot, task_digest, task_metrics, write_task_dir
 
 RUNNER = Path(lm_runner.__file__).resolve()
 KERNEL = re.compile(r"\b(\w+(?:LinearKernel|ScaledMMLinearKernel))\b")
+ROOT_CAUSE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
 
 
 class EvaluationFailed(QuantError):
@@ -36,16 +43,16 @@ class EvaluationFailed(QuantError):
 
 @dataclass(frozen=True)
 class EvalRun:
+    """What is evaluated on each item: a task and the settings of its prompts (not which items)."""
     task: str
     num_fewshot: int | None = None
-    limit: int | None = None
     add_bos_token: bool = True
     apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = False
+    gen_kwargs: str | None = None
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit <= 0:
-            raise QuantUsageError(f"limit must be a positive integer, got {self.limit}")
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise QuantUsageError(f"num_fewshot must be 0 or more, got {self.num_fewshot}")
         fixed = fixed_fewshot(self.task)
@@ -56,25 +63,35 @@ class EvalRun:
     def id(self) -> str:
         return digest(asdict(self))[:16]
 
+    def describe(self) -> str:
+        return f"{self.task}(bos={self.add_bos_token}, fewshot={self.num_fewshot})"
+
 
 @dataclass
-class RunResult:
-    metrics: dict[str, dict[str, float | None]]
-    n: int | None
+class ItemResults:
+    """Per-item results of one run on one model: item id -> {metric: value}."""
+    items: dict[int, dict[str, Value]]
     bos_prefix_counts: dict[str, int]
     backend: str
-    seconds: float
+    seconds: float  # evaluation time spent on these items, summed over the entries they came from
     kernels: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
-    cached: bool = False
+    cached: bool = False  # every item came from the store
 
-    def value(self, metric: str) -> float:
-        if metric not in self.metrics:
-            raise QuantUsageError(f"metric {metric!r} not produced; this task gives {', '.join(self.metrics)}")
-        return float(self.metrics[metric]["value"])  # type: ignore[arg-type]
-
-    def stderr(self, metric: str) -> float | None:
-        return self.metrics.get(metric, {}).get("stderr")
+    def values(self, metric: str, ids: list[int]) -> list[Value]:
+        """The metric's value on each of ``ids``, in that order."""
+        missing = [i for i in ids if i not in self.items]
+        if missing:
+            raise QuantError(f"items {missing[:5]} were not evaluated")
+        known = set(self.items[ids[0]]) if ids else set()
+        if metric not in known:
+            raise QuantUsageError(f"metric {metric!r} not produced; this task gives {', '.join(sorted(known))}")
+        out = [self.items[i][metric] for i in ids]
+        if any(v is None for v in out):
+            raise QuantUsageError(f"metric {metric!r} is not an average over items (lm-eval aggregates it over "
+                                  "the whole set), so it cannot be gated item by item; choose a mean or "
+                                  "perplexity metric")
+        return out
 
 
 @lru_cache(maxsize=None)
@@ -82,8 +99,8 @@ def probe_vllm(python: str) -> dict[str, str]:
     """Versions in the vLLM environment; raises a clear error when the interpreter is missing or broken."""
     if not Path(python).exists():
         raise QuantEnvironmentError(
-            f"vLLM interpreter {python!r} does not exist: create the vLLM environment (tox -e vllm, or "
-            "scripts/setup.sh) and point --quant-vllm-python / QUANT_VLLM_PYTHON at its python")
+            f"vLLM interpreter {python!r} does not exist: create the vLLM environment (scripts/setup.sh or tox -e "
+            "vllm) and point --quant-vllm-python / QUANT_VLLM_PYTHON at its python")
     code = ("import importlib.metadata as m, importlib.util as u, json\n"
             "assert u.find_spec('vllm'), 'vllm is not installed'\n"
             "assert u.find_spec('lm_eval'), 'lm-eval is not installed'\n"
@@ -99,12 +116,12 @@ def probe_vllm(python: str) -> dict[str, str]:
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
         raise QuantEnvironmentError(f"vLLM interpreter {python!r} is not usable ({tail[0]}); install vllm and "
-                                    "lm-eval in it (tox -e vllm)")
+                                    "lm-eval in it (scripts/setup.sh or tox -e vllm)")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def resolve_backend(requested: str, vllm_python: str | None) -> tuple[str, str]:
-    """(backend, why): 'vllm' or 'hf'. ``auto`` falls back to hf; an explicit ``vllm`` never does."""
+    """(backend, why): 'vllm' or 'hf'. A configured interpreter must work; ``auto`` without one is hf."""
     if requested == "hf":
         return "hf", "asked for"
     if not vllm_python:
@@ -113,30 +130,8 @@ def resolve_backend(requested: str, vllm_python: str | None) -> tuple[str, str]:
                 "--quant-backend vllm needs the vLLM environment's interpreter: pass --quant-vllm-python PATH "
                 "(or set QUANT_VLLM_PYTHON, or ini quant_vllm_python)")
         return "hf", "no vLLM interpreter configured"
-    try:
-        probe_vllm(vllm_python)
-    except QuantEnvironmentError as e:
-        if requested == "vllm":
-            raise
-        return "hf", f"vLLM unusable: {e}"
+    probe_vllm(vllm_python)
     return "vllm", "asked for" if requested == "vllm" else "vLLM interpreter configured"
-
-
-@lru_cache(maxsize=None)
-def _known_tasks(include_path: str) -> frozenset[str]:
-    from lm_eval.tasks import TaskManager
-
-    return frozenset(TaskManager(include_path=include_path).all_tasks)
-
-
-def check_tasks(tasks: list[str], include_path: Path) -> None:
-    """Fail before any model loads when lm-eval does not know a task."""
-    others = set(tasks) - set(BUNDLED_TASKS)
-    unknown = sorted(others - _known_tasks(str(include_path))) if others else []
-    if unknown:
-        raise QuantUsageError(f"unknown lm-eval task {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1
-                              else "") + f"; bundled tasks are {', '.join(BUNDLED_TASKS)}, and any task "
-                              "lm-eval lists with `lm_eval --tasks list`")
 
 
 def _hf_versions() -> dict[str, str]:
@@ -145,7 +140,13 @@ def _hf_versions() -> dict[str, str]:
     return {"lm_eval": versions(("lm_eval",))["lm_eval"], **versions(("transformers", "torch"))}
 
 
-def _model_args(backend: str, path: Path, device: str, gpus: int, trust_remote_code: bool) -> dict[str, Any]:
+VLLM_ONLY = ("enforce_eager", "kv_cache_dtype", "attention_backend", "max_model_len", "gpu_memory_utilization")
+
+
+def model_args(backend: str, path: Path, device: str, gpus: int, trust_remote_code: bool,
+               engine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """lm-eval model arguments; ``engine`` overrides them (a YAML config's engine fields)."""
+    engine = dict(engine or {})
     if backend == "vllm":
         args: dict[str, Any] = {"pretrained": str(path), "max_model_len": 2048, "seed": 0, "batch_size": "auto",
                                 "gpu_memory_utilization": 0.5 if device == "cpu" else 0.85}
@@ -158,9 +159,12 @@ def _model_args(backend: str, path: Path, device: str, gpus: int, trust_remote_c
                 "dtype": "auto" if device == "cuda" else "bfloat16"}
         if gpus > 1:
             args["parallelize"] = True
-    if trust_remote_code:
+        if "max_model_len" in engine:
+            engine["max_length"] = engine.pop("max_model_len")
+        engine = {k: v for k, v in engine.items() if k not in VLLM_ONLY}
+    if trust_remote_code or engine.pop("trust_remote_code", False):
         args["trust_remote_code"] = True
-    return args
+    return {**args, **engine}
 
 
 def cpu_share() -> str:
@@ -174,92 +178,215 @@ def cpu_share() -> str:
     return ",".join(map(str, share))
 
 
-def _run_vllm(python: str, request: dict[str, Any], device: str, timeout: float, log: Any) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="pytest-quant-eval-") as tmp:
-        req, resp, logf = Path(tmp) / "request.json", Path(tmp) / "response.json", Path(tmp) / "vllm.log"
+def root_cause(log_text: str) -> str:
+    """The last exception line of a log (what actually went wrong), or its last non-empty line."""
+    lines = [line.rstrip() for line in log_text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        m = ROOT_CAUSE.match(line)
+        if m and m.group(1) not in ("KeyboardInterrupt",):
+            return line.strip()
+    return lines[-1].strip() if lines else "no output"
+
+
+def vllm_env(device: str, extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a vLLM runner: the CPU build's settings, then the config's ``env_vars``."""
+    env = {**os.environ, **extra}
+    if device == "cpu":
+        env.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if "VLLM_CPU_OMP_THREADS_BIND" not in env:  # vLLM's default reserves one core and binds to core 0
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_share()
+            env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    return env
+
+
+class Engine:
+    """A vLLM runner process (``lm_runner.py --serve``) that keeps one model loaded between requests."""
+
+    def __init__(self, python: str, env: dict[str, str]) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="pytest-quant-engine-"))
+        self.log = self.dir / "vllm.log"
+        self.requests = 0
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([python, str(RUNNER), "--serve"], stdin=subprocess.PIPE, stdout=out,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True, text=True)
+
+    def ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.requests += 1
+        req, resp = self.dir / f"request-{self.requests}.json", self.dir / f"response-{self.requests}.json"
         req.write_text(json.dumps(request))
-        env = dict(os.environ)
-        if device == "cpu":
-            env.setdefault("VLLM_TARGET_DEVICE", "cpu")
-            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-            if "VLLM_CPU_OMP_THREADS_BIND" not in env:  # vLLM's default reserves one core and binds to core 0
-                env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_share()
-                env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         start = time.perf_counter()
-        with open(logf, "w") as out:
-            proc = subprocess.Popen([python, str(RUNNER), str(req), str(resp)], stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
-            try:
-                while proc.poll() is None:
-                    if time.perf_counter() - start > timeout:
-                        raise subprocess.TimeoutExpired(proc.args, timeout)
-                    time.sleep(0.5)
-            except BaseException:
-                os.killpg(proc.pid, signal.SIGKILL)  # the engine's workers too
-                proc.wait()
-                tail = logf.read_text(errors="replace")[-3000:]
-                if sys.exc_info()[0] is subprocess.TimeoutExpired:
-                    raise EvaluationFailed(f"vLLM evaluation exceeded --quant-eval-timeout={timeout:g}s and was "
-                                           f"killed; last output:\n{tail}") from None
-                raise
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # engine processes left behind by the runner's fast exit
-        except ProcessLookupError:
-            pass
-        text = logf.read_text(errors="replace")
-        if proc.returncode != 0 or not resp.is_file():
-            raise EvaluationFailed(f"vLLM evaluation exited with code {proc.returncode}; last output:\n{text[-3000:]}")
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f"{req}\t{resp}\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died: reported below with its log
+        while not resp.is_file():
+            if self.proc.poll() is not None:
+                text = self.text()
+                self.close()
+                raise EvaluationFailed(f"vLLM evaluation exited with code {self.proc.returncode}: {root_cause(text)}"
+                                       f"\nlast output:\n{text[-2000:]}")
+            if time.perf_counter() - start > timeout:
+                text = self.text()
+                self.close()
+                raise EvaluationFailed(f"vLLM evaluation exceeded --quant-eval-timeout={timeout:g}s and was killed; "
+                                       f"last error: {root_cause(text)}\nlast output:\n{text[-2000:]}")
+            time.sleep(0.2)
         response = json.loads(resp.read_text())
-    response["kernels"] = sorted(set(KERNEL.findall(text)))
-    log(f"vLLM evaluation took {time.perf_counter() - start:.1f}s (model load {response['load_seconds']}s); "
-        f"kernels: {', '.join(response['kernels']) or 'none reported'}")
-    return response
+        response["kernels"] = sorted(set(KERNEL.findall(self.text())))
+        return response
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.is_file() else ""
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the engine's workers too
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def evaluate(path: Path, identity: Any, runs: list[EvalRun], store: Store, backend: str = "hf",
-             vllm_python: str | None = None, device: str = "cpu", timeout: float = 1800.0, gpus: int = 1,
-             rebuild: bool = False, trust_remote_code: bool = False, label: str = "model") -> dict[EvalRun, RunResult]:
-    """Metrics for each run of the model at ``path`` (identified for caching by ``identity``)."""
-    versions = probe_vllm(vllm_python) if backend == "vllm" else _hf_versions()
-    runner_digest = file_digest(RUNNER)  # how prompts are built and counted is part of the result
-    lm_eval_version = versions.get("lm_eval", "?")
-    model_args = _model_args(backend, path, device, gpus, trust_remote_code)
-    settings = {k: v for k, v in model_args.items() if k != "pretrained"}
+class EnginePool:
+    """Live vLLM runners by (interpreter, model arguments, environment): a model loads once per session.
 
-    def material(run: EvalRun) -> dict[str, Any]:
-        return {"model": identity, "run": asdict(run), "task": task_digest(run.task, lm_eval_version),
-                "backend": backend, "device": device, "settings": settings, "versions": versions,
-                "runner": runner_digest}
+    At most ``capacity`` stay alive (the least recently used one is closed): two on a CPU, where a base
+    and a quantized model fit side by side, one on a GPU, where each engine takes most of the memory.
+    """
 
-    include_path = write_task_dir(store.root / "tasks")
-    check_tasks([r.task for r in runs], include_path)
-    group = digest({"model": identity, "backend": backend})[:32]
-    results: dict[EvalRun, RunResult] = {}
-    with store.locked("evals", group, f"evaluation of {label}"):
-        missing = []
-        for run in dict.fromkeys(runs):
-            entry = None if rebuild else store.lookup("evals", material(run))
-            if entry is None:
-                missing.append(run)
-            else:
-                results[run] = RunResult(**{**json.loads((entry.path / "result.json").read_text()), "cached": True})
-        if missing:
-            store.log(f"evaluating {label} with {backend}: " + ", ".join(
-                f"{r.task}(bos={r.add_bos_token}, fewshot={r.num_fewshot}, limit={r.limit})" for r in missing))
-            request = {"backend": backend, "model_args": model_args,
-                       "include_path": str(include_path),
-                       "runs": [{**asdict(r), "id": r.id} for r in missing]}
-            if backend == "vllm":
-                response = _run_vllm(vllm_python or "", request, device, timeout, store.log)
-            else:
-                response = {**lm_runner.run(request), "kernels": []}
-            for run in missing:
-                r = response["runs"][run.id]
-                result = RunResult(metrics=r["metrics"], n=r["n"], bos_prefix_counts=r["bos_prefix_counts"],
-                                   backend=backend, seconds=r["seconds"], kernels=response["kernels"],
-                                   versions=response["versions"])
-                body = json.dumps(asdict(result), indent=2)
-                store.put("evals", material(run), lambda out, body=body: atomic_write_text(out / "result.json", body)
-                          or {"label": label}, label=f"evaluation of {label}")
-                results[run] = result
-    return {run: results[run] for run in runs}
+    def __init__(self) -> None:
+        self.engines: dict[str, Engine] = {}
+
+    def ask(self, python: str, request: dict[str, Any], device: str, env: dict[str, str], timeout: float,
+            log: Callable[[str], None]) -> dict[str, Any]:
+        key = digest([python, request["model_args"], env])
+        engine = self.engines.pop(key, None)
+        if engine is None:
+            capacity = 2 if device == "cpu" else 1
+            while len(self.engines) >= capacity:
+                self.engines.pop(next(iter(self.engines))).close()
+            engine = Engine(python, vllm_env(device, env))
+        self.engines[key] = engine  # most recently used last
+        start = time.perf_counter()
+        try:
+            response = engine.ask(request, timeout)
+        except BaseException:
+            self.engines.pop(key, None)
+            engine.close()
+            raise
+        load = f"model load {response['load_seconds']}s" if engine.requests == 1 else "model already loaded"
+        log(f"vLLM evaluation took {time.perf_counter() - start:.1f}s ({load}); "
+            f"kernels: {', '.join(response['kernels']) or 'none reported'}")
+        return response
+
+    def close(self) -> None:
+        while self.engines:
+            self.engines.pop(next(iter(self.engines))).close()
+
+
+ENGINES = EnginePool()
+atexit.register(ENGINES.close)
+
+
+def release_models() -> None:
+    """Close every kept evaluation model: vLLM runners and the in-process transformers model."""
+    ENGINES.close()
+    lm_runner.release()
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """How one session evaluates: backend, interpreter, device, limits (the same for every model)."""
+    store: Store
+    backend: str = "hf"
+    vllm_python: str | None = None
+    device: str = "cpu"
+    timeout: float = 1800.0
+    trust_remote_code: bool = False
+    rebuild: bool = False
+
+    def evaluate(self, path: Path, wanted: dict[EvalRun, list[int]], gpus: int = 1, engine: dict[str, Any] | None = None,
+                 label: str = "model") -> dict[EvalRun, ItemResults]:
+        """Per-item results of each run on the model at ``path``, for the item ids asked for.
+
+        Items the store holds are read; the rest are evaluated, every run in one model load.
+        """
+        identity = content_digest(path)
+        engine = dict(engine or {})
+        env_vars = {str(k): str(v) for k, v in (engine.pop("env_vars", None) or {}).items()}
+        versions = probe_vllm(self.vllm_python or "") if self.backend == "vllm" else _hf_versions()
+        args = model_args(self.backend, path, self.device, gpus, self.trust_remote_code, engine)
+        settings = {k: v for k, v in args.items() if k != "pretrained"}
+        runner = file_digest(RUNNER)  # how prompts are built and counted is part of the result
+        include_path = write_task_dir(self.store.root / "tasks")
+
+        def run_key(run: EvalRun) -> str:
+            return self.store.key({"model": identity, "run": asdict(run),
+                                   "task": task_digest(run.task, versions.get("lm_eval", "?")),
+                                   "backend": self.backend, "device": self.device, "settings": settings,
+                                   "env": env_vars, "versions": versions, "runner": runner})
+
+        for run in wanted:
+            task_metrics(run.task)  # an unknown task fails here, before any model loads
+        group = digest({"model": identity, "backend": self.backend})[:32]
+        held: dict[EvalRun, list[Any]] = {}
+        missing: dict[EvalRun, list[int]] = {}
+        with self.store.locked("evals", group, f"evaluation of {label}"):
+            for run, ids in wanted.items():
+                entries = [] if self.rebuild else self.store.entries(f"evals/{run_key(run)}")
+                held[run] = entries
+                have = {int(i) for e in entries for i in e.manifest["info"]["items"]}
+                todo = sorted(set(ids) - have)
+                if todo:
+                    missing[run] = todo
+            if missing:
+                self.store.log(f"evaluating {label} with {self.backend}: " + ", ".join(
+                    f"{r.describe()} on {len(ids)} new items" for r, ids in missing.items()))
+                request = {"backend": self.backend, "model_args": args, "include_path": str(include_path),
+                           "runs": [{**asdict(r), "id": r.id, "samples": ids} for r, ids in missing.items()]}
+                if self.backend == "vllm":
+                    response = ENGINES.ask(self.vllm_python or "", request, self.device, env_vars, self.timeout,
+                                           self.store.log)
+                else:
+                    response = {**lm_runner.run(request, keep=True), "kernels": []}
+                for run, ids in missing.items():
+                    r = response["runs"][run.id]
+                    info = {"items": [str(i) for i in ids], "bos_prefix_counts": r["bos_prefix_counts"],
+                            "seconds": r["seconds"], "kernels": response["kernels"], "versions": response["versions"],
+                            "backend": self.backend}
+                    body = json.dumps(r["items"])
+                    held[run].append(self.store.put(
+                        f"evals/{run_key(run)}", {"items": ids},
+                        lambda out, body=body, info=info: atomic_write_text(out / "items.json", body) or info,
+                        label=f"evaluation of {label}"))
+        out = {}
+        for run, ids in wanted.items():
+            entries = held[run]
+            items: dict[int, dict[str, Value]] = {}
+            counts: dict[str, int] = {}
+            seconds, useful = 0.0, set(ids)
+            for e in entries:
+                info = e.manifest["info"]
+                if not useful & {int(i) for i in info["items"]}:
+                    continue
+                items.update({int(k): v for k, v in json.loads((e.path / "items.json").read_text()).items()})
+                for k, v in info["bos_prefix_counts"].items():
+                    counts[k] = counts.get(k, 0) + v
+                seconds += info["seconds"]
+            last = entries[-1].manifest["info"] if entries else {}
+            out[run] = ItemResults({i: items[i] for i in ids if i in items}, counts, self.backend, round(seconds, 2),
+                                   last.get("kernels", []), last.get("versions", {}),
+                                   cached=run not in missing)
+        return out
+
+
+def evaluate(path: Path, wanted: dict[EvalRun, list[int]], store: Store, backend: str = "hf", **kwargs: Any
+             ) -> dict[EvalRun, ItemResults]:
+    """Per-item results of each run on the model at ``path`` (see :meth:`Evaluator.evaluate`)."""
+    options = {k: kwargs.pop(k) for k in ("vllm_python", "device", "timeout", "trust_remote_code", "rebuild")
+               if k in kwargs}
+    return Evaluator(store, backend, **options).evaluate(path, wanted, **kwargs)
+

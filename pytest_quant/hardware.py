@@ -7,6 +7,7 @@ vLLM's own code is more lenient in places, noted per row.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,23 @@ def skip_reason(scheme: str | None, device: Device, backend: str, min_capability
         return f"{scheme or 'test'} is not supported on capability {need_max / 10:.1f}+, found {found}"
     return None
 
+
+
+def why_skip(device: Device, backend: str, backend_reason: str, scheme: str | None, requires: Sequence[Any] = (),
+              gpus: int = 1, backend_needed: str | None = None) -> str | None:
+    """Why a test cannot run here, or None: its scheme, GPU count, ``quant_requires`` marks and backend.
+
+    ``requires`` holds parsed ``quant_requires`` marks (scheme, min/max_capability, backend, gpus,
+    gpu_memory_gib); ``backend_needed`` is a backend the test itself names (a YAML config's lm-eval model).
+    The one place where markers, the shipped suite and YAML items get their skips.
+    """
+    reason = skip_reason(scheme, device, backend) if scheme else None
+    if reason is None and gpus > 1:
+        reason = skip_reason(None, device, backend, gpus=gpus)
+    for r in requires:
+        reason = reason or skip_reason(r.scheme, device, backend, r.min_capability, r.max_capability, r.gpus,
+                                       r.gpu_memory_gib)
+        backend_needed = backend_needed or r.backend
+    if reason is None and backend_needed and backend_needed != backend:
+        reason = f"needs the {backend_needed} backend; this session uses {backend} ({backend_reason})"
+    return reason

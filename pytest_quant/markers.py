@@ -1,9 +1,13 @@
-"""The three markers: their arguments (checked at collection) and the gates they run.
+"""The three markers: their arguments, checked at collection (metric names against the task included).
 
-- ``quant_accuracy(task, metric, min_value=, max_value=, max_drop=, recovery=, expected=, rtol=,
-  stderr_k=, wilson=, num_fewshot=, limit=, add_bos_token=, apply_chat_template=)``
-- ``quant_bos(task, metric, max_delta=, max_extra_loss=, apply_chat_template=, num_fewshot=, limit=)``
+- ``quant_accuracy(task, metric, min_value=, max_value=, max_drop=, recovery=, expected=, rtol=, alpha=,
+  limit=, max_items=, item_seed=, num_fewshot=, add_bos_token=True, apply_chat_template=False)``
+- ``quant_bos(task, metric, max_delta=, max_extra_loss=, alpha=, limit=, max_items=, item_seed=,
+  num_fewshot=, apply_chat_template=False)``
 - ``quant_requires(scheme=, min_capability=, max_capability=, backend=, gpus=, gpu_memory_gib=)``
+
+``alpha``, ``limit``, ``max_items``, ``item_seed`` and ``num_fewshot`` are options too: a value given on the
+command line, in the environment or in the ini file wins over the marker's (docs/REFERENCE.md).
 """
 
 from __future__ import annotations
@@ -11,23 +15,23 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .baseline import Baseline
-from .build import Checkpoint
 from .errors import QuantUsageError
-from .gates import Threshold, check
-from .session import QuantSession, Target
-from .tasks import higher_is_better
+from .gates import Threshold
+from .options import BY_NAME
+from .tasks import check_metric
 
 MARKERS = {
     "quant_accuracy": "quant_accuracy(task, metric, min_value=, max_value=, max_drop=, recovery=, expected=, "
-                      "rtol=, stderr_k=, wilson=, num_fewshot=, limit=, add_bos_token=True, "
+                      "rtol=, alpha=, limit=, max_items=, item_seed=, num_fewshot=, add_bos_token=True, "
                       "apply_chat_template=False): gate an lm-eval metric of the checkpoint under test",
-    "quant_bos": "quant_bos(task, metric, max_delta=, max_extra_loss=, apply_chat_template=False, num_fewshot=, "
-                 "limit=): check BOS tokens in the evaluated prompts and the metric with and without BOS",
+    "quant_bos": "quant_bos(task, metric, max_delta=, max_extra_loss=, alpha=, limit=, max_items=, item_seed=, "
+                 "num_fewshot=, apply_chat_template=False): check BOS tokens in the evaluated prompts and the metric "
+                 "with and without BOS",
     "quant_requires": "quant_requires(scheme=, min_capability=, max_capability=, backend=, gpus=, gpu_memory_gib=): "
                       "skip unless the device and backend can run it",
 }
 THRESHOLD_ARGS = {f.name for f in fields(Threshold)}
+OPTION_ARGS = ("alpha", "limit", "max_items", "item_seed", "num_fewshot")  # marker values of session options
 
 
 def _kwargs(name: str, args: tuple, kwargs: dict[str, Any], allowed: set[str], positional: tuple[str, ...]
@@ -55,14 +59,41 @@ def _number(name: str, key: str, v: Any) -> float:
     return float(v)
 
 
+def _flag(name: str, key: str, v: Any, default: bool) -> bool:
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise QuantUsageError(f"{name}: {key} must be True or False, got {v!r}")
+    return v
+
+
+def _options(name: str, k: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The marker's values of session options, checked by the options' own rules."""
+    out = []
+    for a in OPTION_ARGS:
+        if k.get(a) is None:
+            continue
+        if isinstance(k[a], bool) or not isinstance(k[a], (int, float)):
+            raise QuantUsageError(f"{name}: {a} must be a number, got {k[a]!r}")
+        try:
+            out.append((a, BY_NAME[a].convert(k[a])))
+        except ValueError as e:
+            raise QuantUsageError(f"{name}: bad value {k[a]!r} for {a}: {e}") from None
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class AccuracySpec:
     task: str
     metric: str
     threshold: Threshold
-    run_args: dict[str, Any]
+    options: tuple[tuple[str, Any], ...] = ()  # alpha, limit, max_items, item_seed, num_fewshot
     add_bos_token: bool = True
     apply_chat_template: bool = False
+
+    @property
+    def marker(self) -> dict[str, Any]:
+        return dict(self.options)
 
 
 @dataclass(frozen=True)
@@ -71,8 +102,12 @@ class BosSpec:
     metric: str
     max_delta: float | None
     max_extra_loss: float | None
-    apply_chat_template: bool
-    run_args: dict[str, Any]
+    apply_chat_template: bool = False
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def marker(self) -> dict[str, Any]:
+        return dict(self.options)
 
 
 @dataclass(frozen=True)
@@ -86,40 +121,35 @@ class RequiresSpec:
 
 
 def parse_accuracy(args: tuple, kwargs: dict[str, Any]) -> AccuracySpec:
-    allowed = {"task", "metric", *THRESHOLD_ARGS, "num_fewshot", "limit", "add_bos_token", "apply_chat_template"}
+    allowed = {"task", "metric", *THRESHOLD_ARGS, *OPTION_ARGS, "add_bos_token", "apply_chat_template"}
     k = _kwargs("quant_accuracy", args, kwargs, allowed, ("task", "metric"))
     threshold = Threshold(**{a: _number("quant_accuracy", a, k[a]) for a in THRESHOLD_ARGS if k.get(a) is not None})
     threshold.validate(k["metric"])
-    return AccuracySpec(k["task"], k["metric"], threshold, _run_args("quant_accuracy", k),
-                        bool(k.get("add_bos_token", True)), bool(k.get("apply_chat_template", False)))
-
-
-def _run_args(name: str, k: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for a in ("num_fewshot", "limit"):
-        if k.get(a) is not None:
-            if isinstance(k[a], bool) or not isinstance(k[a], int) or k[a] < (0 if a == "num_fewshot" else 1):
-                raise QuantUsageError(f"{name}: {a} must be a {'non-negative' if a == 'num_fewshot' else 'positive'} "
-                                      f"integer, got {k[a]!r}")
-            out[a] = k[a]
-    return out
+    check_metric(k["task"], k["metric"])
+    return AccuracySpec(k["task"], k["metric"], threshold, _options("quant_accuracy", k),
+                        _flag("quant_accuracy", "add_bos_token", k.get("add_bos_token"), True),
+                        _flag("quant_accuracy", "apply_chat_template", k.get("apply_chat_template"), False))
 
 
 def parse_bos(args: tuple, kwargs: dict[str, Any]) -> BosSpec:
-    allowed = {"task", "metric", "max_delta", "max_extra_loss", "apply_chat_template", "num_fewshot", "limit"}
+    allowed = {"task", "metric", "max_delta", "max_extra_loss", "apply_chat_template", *OPTION_ARGS}
     k = _kwargs("quant_bos", args, kwargs, allowed, ("task", "metric"))
     limits = {a: _number("quant_bos", a, k[a]) if k.get(a) is not None else None for a in ("max_delta", "max_extra_loss")}
     for a, v in limits.items():
         if v is not None and v < 0:
             raise QuantUsageError(f"quant_bos: {a} must not be negative, got {v}")
+    check_metric(k["task"], k["metric"])
     return BosSpec(k["task"], k["metric"], limits["max_delta"], limits["max_extra_loss"],
-                   bool(k.get("apply_chat_template", False)), _run_args("quant_bos", k))
+                   _flag("quant_bos", "apply_chat_template", k.get("apply_chat_template"), False),
+                   _options("quant_bos", k))
 
 
 def _capability(v: Any) -> int | None:
     if v is None:
         return None
     v = _number("quant_requires", "capability", v)
+    if v <= 0:
+        raise QuantUsageError(f"quant_requires: a capability must be positive, got {v:g}")
     return int(round(v * 10)) if v < 20 else int(v)  # 8.0 and 80 both mean Ampere
 
 
@@ -132,100 +162,19 @@ def parse_requires(args: tuple, kwargs: dict[str, Any]) -> RequiresSpec:
 
     if k.get("scheme") is not None and k["scheme"] not in SCHEMES:
         raise QuantUsageError(f"quant_requires: unknown scheme {k['scheme']!r}; choose one of {', '.join(SCHEMES)}")
+    gpus = k.get("gpus")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
+        raise QuantUsageError(f"quant_requires: gpus must be a positive integer, got {gpus!r}")
+    memory = k.get("gpu_memory_gib")
+    if memory is not None and _number("quant_requires", "gpu_memory_gib", memory) <= 0:
+        raise QuantUsageError(f"quant_requires: gpu_memory_gib must be positive, got {memory!r}")
     return RequiresSpec(k.get("scheme"), _capability(k.get("min_capability")), _capability(k.get("max_capability")),
-                        k.get("backend"), int(k["gpus"]) if k.get("gpus") else None,
-                        _number("quant_requires", "gpu_memory_gib", k["gpu_memory_gib"])
-                        if k.get("gpu_memory_gib") is not None else None)
+                        k.get("backend"), gpus, float(memory) if memory is not None else None)
 
 
-# -- planning and running --------------------------------------------------------------------
+PARSERS = {"quant_accuracy": parse_accuracy, "quant_bos": parse_bos, "quant_requires": parse_requires}
 
 
-def accuracy_plan(session: QuantSession, spec: AccuracySpec, model: str, scheme: str) -> None:
-    run = session.run(spec.task, spec.run_args, spec.add_bos_token, spec.apply_chat_template)
-    session.plan(Target(model, scheme), [run])
-    if spec.threshold.needs_base:
-        session.plan(Target(model), [run])
-
-
-def bos_runs(session: QuantSession, spec: BosSpec) -> tuple[Any, Any]:
-    return (session.run(spec.task, spec.run_args, True, spec.apply_chat_template),
-            session.run(spec.task, spec.run_args, False, spec.apply_chat_template))
-
-
-def bos_plan(session: QuantSession, spec: BosSpec, model: str, scheme: str) -> None:
-    runs = list(bos_runs(session, spec))
-    session.plan(Target(model, scheme), runs)
-    if spec.max_extra_loss is not None:
-        session.plan(Target(model), runs)
-
-
-def _row(ck: Checkpoint, session: QuantSession, model: str, scheme: str, task: str, metric: str,
-         **extra: Any) -> dict[str, Any]:
-    return {"model": model, "scheme": scheme, "task": task, "metric": metric, "backend": session.backend,
-            "build_seconds": ck.manifest.get("seconds"), "checkpoint": ck.key, **extra}
-
-
-def run_accuracy(session: QuantSession, spec: AccuracySpec, ck: Checkpoint, model: str, scheme: str,
-                 baseline: Baseline | None) -> dict[str, Any]:
-    run = session.run(spec.task, spec.run_args, spec.add_bos_token, spec.apply_chat_template)
-    q = session.evaluate(Target(model, scheme), [run], ck)[run]
-    base = session.evaluate(Target(model), [run])[run] if spec.threshold.needs_base else None
-    verdict = check(spec.metric, q.value(spec.metric), spec.threshold, q.stderr(spec.metric), q.n,
-                    base.value(spec.metric) if base else None, base.stderr(spec.metric) if base else None)
-    messages, passed = [verdict.message], verdict.passed
-    settings = {"num_fewshot": run.num_fewshot, "limit": run.limit, "add_bos_token": run.add_bos_token,
-                "apply_chat_template": run.apply_chat_template, "backend": session.backend,
-                "calibration": session.calibration().__dict__}
-    key = "|".join([model, scheme, spec.task, spec.metric, f"bos={run.add_bos_token}"])
-    if baseline is not None:
-        b = baseline.compare(key, spec.metric, q.value(spec.metric), settings, session.settings.get("baseline_rtol"))
-        if b is not None:
-            messages.append(b.message)
-            passed = passed and b.passed
-    return _row(ck, session, model, scheme, spec.task, spec.metric, key=key, quantized=q.value(spec.metric),
-                stderr=q.stderr(spec.metric), n=q.n, base=base.value(spec.metric) if base else None,
-                recovery=verdict.recovery, threshold=_describe(spec.threshold), passed=passed,
-                message="; ".join(messages), eval_seconds=q.seconds, settings=settings, versions=q.versions)
-
-
-def _describe(t: Threshold) -> str:
-    return ", ".join(f"{f.name}={getattr(t, f.name):g}" for f in fields(t) if getattr(t, f.name) is not None)
-
-
-def run_bos(session: QuantSession, spec: BosSpec, ck: Checkpoint, model: str, scheme: str) -> dict[str, Any]:
-    on, off = bos_runs(session, spec)
-    q = session.evaluate(Target(model, scheme), [on, off], ck)
-    failures = []
-    counts_on, counts_off = q[on].bos_prefix_counts, q[off].bos_prefix_counts
-    not_one = {k: v for k, v in counts_on.items() if k not in ("1", "inserted") and v}
-    if not_one:
-        failures.append(f"with add_bos_token=True, prompts must start with exactly one BOS; leading-BOS counts "
-                        f"{not_one} (of {sum(v for k, v in counts_on.items() if k != 'inserted')} prompts)")
-    doubled = {k: v for k, v in counts_off.items() if k in ("2", "3") and v}
-    if doubled:
-        failures.append(f"with add_bos_token=False, prompts start with two or more BOS: {doubled}")
-    sign = 1 if higher_is_better(spec.metric) else -1
-    with_bos, without = q[on].value(spec.metric), q[off].value(spec.metric)
-    loss = sign * (with_bos - without)  # how much worse the metric is without BOS
-    text = f"{spec.metric} with BOS {with_bos:.4f}, without {without:.4f}, loss without BOS {loss:+.4f}"
-    if spec.max_delta is not None and loss > spec.max_delta:
-        failures.append(f"loss without BOS {loss:.4f} > max_delta {spec.max_delta}")
-    base_loss = None
-    if spec.max_extra_loss is not None:
-        b = session.evaluate(Target(model), [on, off])
-        base_loss = sign * (b[on].value(spec.metric) - b[off].value(spec.metric))
-        text += f"; base loses {base_loss:+.4f}"
-        if loss - base_loss > spec.max_extra_loss:
-            failures.append(f"the quantized model loses {loss - base_loss:.4f} more than the base without BOS "
-                            f"(max_extra_loss {spec.max_extra_loss})")
-    inserted = counts_on.get("inserted", 0)
-    if inserted:
-        text += f"; the tokenizer added no BOS itself, pytest-quant prepended it to {inserted} prompts"
-    message = text + ("; FAILED " + "; ".join(failures) if failures else "; passed")
-    return _row(ck, session, model, scheme, spec.task, spec.metric, key="|".join([model, scheme, spec.task, spec.metric,
-                                                                               "bos-sensitivity"]),
-                quantized=with_bos, quantized_without_bos=without, bos_loss=loss, base_bos_loss=base_loss,
-                bos_prefix_counts={"with": counts_on, "without": counts_off}, n=q[on].n,
-                threshold=f"max_delta={spec.max_delta}, max_extra_loss={spec.max_extra_loss}",
-                passed=not failures, message=message, eval_seconds=q[on].seconds + q[off].seconds)
+def parse_markers(item: Any) -> dict[str, list[Any]]:
+    """Every quant marker on a test item, parsed (a bad argument raises QuantUsageError)."""
+    return {name: [fn(m.args, m.kwargs) for m in item.iter_markers(name)] for name, fn in PARSERS.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +46,11 @@ class ModelSource:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
-def resolve_model(spec: str, revision: str | None = None) -> ModelSource:
-    """Classify a model argument, failing with one clear message when it names nothing usable."""
+def resolve_model(spec: str, revision: str | None = None, quantized_ok: bool = False) -> ModelSource:
+    """Classify a model argument, failing with one clear message when it names nothing usable.
+
+    A quantized checkpoint directory is refused (it cannot be quantized again) unless ``quantized_ok``.
+    """
     spec = spec.strip()
     if not spec:
         raise QuantUsageError("empty model name: pass --quant-model with a hub id, directory, GGUF file "
@@ -63,6 +67,8 @@ def resolve_model(spec: str, revision: str | None = None) -> ModelSource:
             raise QuantUsageError(
                 f"directory {spec!r} is not a model: it has no config.json (save one with "
                 "model.save_pretrained(dir), or pass a hub id, GGUF file or bundled name)")
+        if not quantized_ok:
+            refuse_quantized(path, spec)
         return ModelSource("dir", str(path.resolve()), path.resolve().name)
     looks_like_path = spec.startswith((".", "/", "~")) or path.exists()
     if not looks_like_path and HUB_ID.match(spec):
@@ -72,6 +78,19 @@ def resolve_model(spec: str, revision: str | None = None) -> ModelSource:
     raise QuantUsageError(
         f"unknown model {spec!r}: not a bundled model ({', '.join(BUNDLED)}), not an existing directory "
         "or .gguf file, and not a hub id of the form owner/name")
+
+
+def refuse_quantized(path: Path, spec: str) -> None:
+    """A quantized checkpoint cannot be quantized again: say how to gate it instead."""
+    try:
+        q = json.loads((path / "config.json").read_text()).get("quantization_config")
+    except ValueError as e:
+        raise QuantUsageError(f"{path / 'config.json'} is not valid JSON ({e})") from None
+    if q:
+        raise QuantUsageError(
+            f"model {spec!r} is already quantized ({q.get('quant_method', 'unknown method')}, format "
+            f"{q.get('format', '?')}): pass it as --quant-checkpoint {spec} and its unquantized base model as "
+            "--quant-model")
 
 
 def _bundled_gguf(b: Bundled) -> Path:
@@ -135,12 +154,22 @@ def _convert_gguf(gguf: Path, out: Path) -> dict[str, Any]:
     return {"converted_from": gguf.name, "parameters": sum(p.numel() for p in model.parameters())}
 
 
+def as_is(source: ModelSource, store: Store) -> Path:
+    """A local directory of the model as it is, quantized or not (what vLLM's configs evaluate)."""
+    if source.kind == "dir":
+        return Path(source.ref)
+    if source.kind == "hub":
+        return _hub_snapshot(source)
+    return materialize(source, store)[0]
+
+
 def materialize(source: ModelSource, store: Store, rebuild: bool = False) -> tuple[Path, dict[str, Any]]:
     """A local transformers checkpoint directory for ``source`` and its identity."""
     if source.kind == "dir":
         return Path(source.ref), identity(source)
     if source.kind == "hub":
         snapshot = _hub_snapshot(source)
+        refuse_quantized(snapshot, source.ref)
         return snapshot, {"hub": source.ref, "commit": snapshot.name}
     ident = identity(source)
     gguf = _bundled_gguf(BUNDLED[source.ref]) if source.kind == "bundled" else Path(source.ref)

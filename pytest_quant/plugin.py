@@ -7,20 +7,23 @@ from typing import Any, Iterator
 
 import pytest
 
-from . import markers as mk
+from . import gating
 from .baseline import Baseline, save_baseline
 from .build import Checkpoint
 from .errors import QuantError, QuantUsageError
-from .hardware import skip_reason
+from .hardware import why_skip
+from .markers import MARKERS, parse_markers
 from .models import resolve_model
 from .options import Settings, add_options
 from .recipes import RecipeSpec
 from .report import table, write_report
-from .session import QuantSession
+from .rows import RowCollector, mark_quant_item, record
+from .session import Case, QuantSession
+from .tasks import check_metric, primary_metric
 
 SESSION = pytest.StashKey[QuantSession]()
 BASELINE = pytest.StashKey["Baseline | None"]()
-ROWS = pytest.StashKey[list]()
+COLLECTOR = pytest.StashKey[RowCollector]()
 SPECS = pytest.StashKey[dict]()  # an item's parsed markers, from collection to its run
 CASE_FIXTURES = {"quant_case", "quantized_checkpoint", "quant_scheme", "quant_recipe"}
 MODEL_FIXTURES = {"quant_model_id", "quant_base_model", "calibration_dataset"}
@@ -30,27 +33,62 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
 
+def _cache_dir(config: pytest.Config) -> tuple[Path | None, str | None]:
+    """pytest's cache directory for the store, or why there is none."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return None, ("pytest's cache provider is disabled (-p no:cacheprovider), so pytest-quant has nowhere to "
+                      "keep checkpoints: pass --quant-cache-dir DIR (or set QUANT_CACHE_DIR)")
+    return Path(str(cache.mkdir("quant"))), None
+
+
+def _validate(settings: Settings, qs: QuantSession, config: pytest.Config) -> None:
+    """Every user-given value checked before collection: a bad one is a usage error (exit 4), one line."""
+    settings.validate()
+    for scheme in settings.get("scheme"):
+        qs.recipe(scheme)  # unknown scheme, bad group size, actorder, ...
+    for model in settings.get("model"):
+        resolve_model(model)
+    qs.cases()  # --quant-checkpoint directories: compressed-tensors, one base model
+    qs.calibration()
+    cache = settings.source("cache_dir")
+    if cache and Path(cache[0]).exists() and not Path(cache[0]).is_dir():
+        raise QuantUsageError(f"{cache[1]}: {cache[0]!r} exists and is not a directory; point it at a directory")
+    for name in ("report", "save_baseline"):
+        found = settings.source(name)
+        if found and not Path(found[0]).resolve().parent.is_dir():
+            raise QuantUsageError(f"{found[1]}: the directory of {found[0]!r} does not exist")
+    calibration = settings.get("calibration")
+    if calibration != "bundled" and Path(calibration).suffix in {".jsonl", ".json", ".parquet"} \
+            and not Path(calibration).expanduser().is_file():
+        raise QuantUsageError(f"calibration file {calibration!r} does not exist")
+    for task in settings.get("task"):
+        check_metric(task, settings.get("metric") or primary_metric(task))
+    if settings.get("device") == "cuda":
+        qs.compute  # noqa: B018  (torch must see a CUDA device)
+    qs.backend  # noqa: B018  (a configured vLLM interpreter must work; --quant-backend vllm needs one)
+    baseline = settings.get("baseline")
+    config.stash[BASELINE] = Baseline.load(baseline) if baseline else None
+    target = settings.get("save_baseline")
+    if target and Path(target).exists() and not settings.get("overwrite_baseline") \
+            and not hasattr(config, "workerinput"):
+        raise QuantUsageError(f"baseline file {target} exists; pass --quant-overwrite-baseline to update it")
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    for name, text in mk.MARKERS.items():
+    for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    if config.getoption("help", False) or config.getoption("version", False):
+        return
     try:
         settings = Settings.from_pytest(config)
-        for scheme in settings.get("scheme"):
-            RecipeSpec(scheme)  # unknown scheme or model: fail before collecting anything
-        for model in settings.get("model"):
-            resolve_model(model)
-        baseline = settings.get("baseline")
-        config.stash[BASELINE] = Baseline.load(baseline) if baseline else None
-        target = settings.get("save_baseline")
-        if target and Path(target).exists() and not settings.get("overwrite_baseline") \
-                and not hasattr(config, "workerinput"):
-            raise QuantUsageError(f"baseline file {target} exists; pass --quant-overwrite-baseline to replace it")
-        cache_dir = Path(str(config.cache.mkdir("quant"))) if config.cache else Path(".quant-cache")
-        config.stash[SESSION] = QuantSession(settings, cache_dir)
+        qs = QuantSession(settings, *_cache_dir(config))
+        _validate(settings, qs, config)
     except QuantError as e:
         raise pytest.UsageError(f"pytest-quant: {e}") from None
-    config.stash[ROWS] = []
-    config.pluginmanager.register(_RowCollector(config.stash[ROWS]), "pytest-quant-rows")
+    config.stash[SESSION] = qs
+    config.stash[COLLECTOR] = RowCollector()
+    config.pluginmanager.register(config.stash[COLLECTOR], "pytest-quant-rows")
 
 
 def _session(config: pytest.Config) -> QuantSession:
@@ -59,138 +97,149 @@ def _session(config: pytest.Config) -> QuantSession:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = set(metafunc.fixturenames)
-    if not names & (CASE_FIXTURES | MODEL_FIXTURES):
+    if SESSION not in metafunc.config.stash or not names & (CASE_FIXTURES | MODEL_FIXTURES):
         return
     session = _session(metafunc.config)
-    models = session.settings.get("model")
-    sources = [resolve_model(m) for m in models]
     if names & CASE_FIXTURES:
-        cases = [(m, s) for m in models for s in session.settings.get("scheme")]
-        ids = [f"{src.name}-{s}" for src in sources for s in session.settings.get("scheme")]
-        metafunc.parametrize("quant_case", cases, ids=ids, indirect=True, scope="session")
+        cases = session.cases()
+        metafunc.parametrize("quant_case", cases, ids=[c.id for c in cases], indirect=True, scope="session")
     else:
-        metafunc.parametrize("quant_model_id", models, ids=[s.name for s in sources], indirect=True,
+        models = session.settings.get("model")
+        metafunc.parametrize("quant_model_id", models, ids=[resolve_model(m).name for m in models], indirect=True,
                              scope="session")
 
 
-def _case(item: pytest.Item) -> tuple[str, str] | None:
+def _case(item: pytest.Item) -> Case | None:
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("quant_case") if callspec else None
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SESSION not in config.stash:
+        return
     qs = _session(config)
+    xdist = config.pluginmanager.hasplugin("xdist")
     for item in items:
         case = _case(item)
         try:
-            specs = item.stash[SPECS] = _marker_specs(item)
-        except QuantUsageError as e:
+            specs = item.stash[SPECS] = parse_markers(item)
+        except QuantError as e:
             raise pytest.UsageError(f"pytest-quant: {item.nodeid}: {e}") from None
         if (specs["quant_accuracy"] or specs["quant_bos"]) and case is None:
             raise pytest.UsageError(f"pytest-quant: {item.nodeid}: quant_accuracy/quant_bos need the test to use "
                                     "the quantized_checkpoint fixture (it picks the model and scheme)")
+        quant = case is not None or hasattr(item, "quant_check") or any(specs.values())
+        if not quant:
+            continue
+        if case is not None or hasattr(item, "quant_check"):
+            try:
+                qs.store  # noqa: B018  (fail collection, not every test, when there is nowhere to keep builds)
+            except QuantError as e:
+                raise pytest.UsageError(f"pytest-quant: {e}") from None
+        info = {"model": case.model if case else getattr(item, "quant_model", "-"),
+                "scheme": case.scheme if case else getattr(item, "quant_scheme", "-")}
+        mark_quant_item(item, info)
+        if case is not None and xdist:
+            item.add_marker(pytest.mark.xdist_group(case.id))
         if case is not None:
-            item.add_marker(pytest.mark.xdist_group(f"{resolve_model(case[0]).name}-{case[1]}"))
-            for spec in specs["quant_accuracy"]:
-                mk.accuracy_plan(qs, spec, *case)
-            for spec in specs["quant_bos"]:
-                mk.bos_plan(qs, spec, *case)
-        reason = _skip(qs, case, specs["quant_requires"])
+            gpus = max(qs.settings.get("build_gpus"), qs.settings.get("eval_gpus"))
+            reason = why_skip(qs.device, qs.backend, qs.backend_reason, case.scheme, specs["quant_requires"], gpus)
+        else:
+            reason = why_skip(qs.device, qs.backend, qs.backend_reason, None, specs["quant_requires"])
         if reason:
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def _marker_specs(item: pytest.Item) -> dict[str, list[Any]]:
-    parse = {"quant_accuracy": mk.parse_accuracy, "quant_bos": mk.parse_bos, "quant_requires": mk.parse_requires}
-    return {name: [fn(m.args, m.kwargs) for m in item.iter_markers(name)] for name, fn in parse.items()}
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Plan evaluations of the tests that will run (after -k/-m deselection), so they share model loads."""
+    config = session.config
+    if SESSION not in config.stash:
+        return
+    qs = _session(config)
+    try:
+        for item in session.items:
+            if item.get_closest_marker("skip"):
+                continue
+            case, specs = _case(item), item.stash.get(SPECS, None)
+            if hasattr(item, "plan"):
+                item.plan(qs)
+            if case is None or specs is None:
+                continue
+            for spec in specs["quant_accuracy"]:
+                gating.plan_accuracy(qs, spec, case)
+            for spec in specs["quant_bos"]:
+                gating.plan_bos(qs, spec, case)
+    except QuantError as e:
+        raise pytest.UsageError(f"pytest-quant: {e}") from None
 
 
-def _skip(qs: QuantSession, case: tuple[str, str] | None, requires: list[mk.RequiresSpec]) -> str | None:
-    scheme = case[1] if case else None
-    needs_backend = scheme is not None or any(r.backend for r in requires)
-    backend = qs.backend if needs_backend else "hf"
-    reason = skip_reason(scheme, qs.device, backend) if scheme else None
-    gpus = max(qs.settings.get("build_gpus"), qs.settings.get("eval_gpus")) if scheme else 1
-    if reason is None and gpus > 1:
-        reason = skip_reason(None, qs.device, backend, gpus=gpus)
-    for r in requires:
-        reason = reason or skip_reason(r.scheme, qs.device, backend, r.min_capability, r.max_capability, r.gpus,
-                                       r.gpu_memory_gib)
-        if reason is None and r.backend and r.backend != backend:
-            reason = f"needs the {r.backend} backend; this session uses {backend} ({qs.backend_reason})"
-    return reason
+def conclude(item: pytest.Item, rows: list[Any]) -> None:
+    """Record ``rows`` on the test and fail or xfail it as their verdicts say."""
+    record(item, rows)
+    failed = [r.message for r in rows if not r.passed]
+    if not failed:
+        return
+    text = "\n  ".join(f"{r.task} {r.metric}: {r.message}" for r in rows if not r.passed)
+    if all(r.verdict == "UNDECIDED" for r in rows if not r.passed) and \
+            _session(item.config).settings.get("undecided") == "xfail":
+        pytest.xfail(f"quantization gate undecided:\n  {text}")
+    pytest.fail(f"quantization gate failed:\n  {text}", pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     result = yield
     case = _case(item)
-    if case is None:
+    specs = item.stash.get(SPECS, None)
+    if case is None or not specs or not (specs["quant_accuracy"] or specs["quant_bos"]):
         return result
     qs = _session(item.config)
-    specs = item.stash[SPECS]
-    if not specs["quant_accuracy"] and not specs["quant_bos"]:
-        return result
-    rows = []
     try:
-        ck = item.funcargs.get("quantized_checkpoint") or qs.checkpoint(*case)
-        rows += [mk.run_accuracy(qs, s, ck, *case, item.config.stash[BASELINE]) for s in specs["quant_accuracy"]]
-        rows += [mk.run_bos(qs, s, ck, *case) for s in specs["quant_bos"]]
+        ck = item.funcargs.get("quantized_checkpoint") or qs.checkpoint(case)
+        rows = [gating.run_accuracy(qs, s, case, ck, item.config.stash[BASELINE]) for s in specs["quant_accuracy"]]
+        rows += [gating.run_bos(qs, s, case, ck) for s in specs["quant_bos"]]
     except QuantError as e:
         pytest.fail(f"pytest-quant: {e}", pytrace=False)
-    record(item, rows)
-    failed = [r["message"] for r in rows if not r["passed"]]
-    if failed:
-        pytest.fail("quantization gate failed:\n  " + "\n  ".join(failed), pytrace=False)
+    conclude(item, rows)
     return result
 
 
-def record(item: pytest.Item, rows: list[dict[str, Any]]) -> None:
-    """Attach gate rows to the test report (so they travel from xdist workers and land in JUnit XML)."""
-    for r in rows:
-        item.user_properties.append(("quant_gate", r))
-        item.user_properties.append((f"quant_{r['task']}_{r['metric']}", r.get("quantized")))
-
-
-class _RowCollector:
-    """Gathers gate rows from test reports (on the xdist controller, from every worker)."""
-
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.rows = rows
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "call":
-            self.rows.extend(v for k, v in report.user_properties if k == "quant_gate")
-
-
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    rows = config.stash.get(ROWS, [])
-    if not rows:
+    if COLLECTOR not in config.stash or not config.stash[COLLECTOR].rows:
         return
-    qs = _session(config)
+    rows, qs = config.stash[COLLECTOR].rows, _session(config)
     terminalreporter.section("pytest-quant gates")
     terminalreporter.write_line(table(rows))
     for r in rows:
         terminalreporter.write_line(f"- {r['model']} {r['scheme']} {r['task']}: {r['message']}")
-    terminalreporter.write_line(f"backend: {qs.backend} ({qs.backend_reason}); device: {qs.device.describe()}")
+    terminalreporter.write_line(f"backend: {qs.backend} ({qs.backend_reason}); device: {qs.device.describe()}; "
+                                f"alpha {qs.settings.get('alpha'):g}, UNDECIDED -> {qs.settings.get('undecided')}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if hasattr(config, "workerinput") or SESSION not in config.stash:
         return
-    qs, rows = _session(config), config.stash.get(ROWS, [])
+    qs, collector = _session(config), config.stash[COLLECTOR]
     try:
         if qs.settings.get("report"):
-            write_report(qs.settings.get("report"), rows, {"device": qs.device.describe(),
-                                                           "profile": qs.settings.profile})
+            write_report(qs.settings.get("report"), collector.rows, collector.failed_tests, exitstatus,
+                         {"device": qs.device.describe(), "profile": qs.settings.profile,
+                          "alpha": qs.settings.get("alpha"), "undecided": qs.settings.get("undecided")})
         target = qs.settings.get("save_baseline")
-        if target and rows:
-            n = save_baseline(target, rows, bool(qs.settings.get("overwrite_baseline")))
+        if target and collector.rows:
+            n = save_baseline(target, collector.rows, bool(qs.settings.get("overwrite_baseline")))
             print(f"\n[pytest-quant] wrote {n} metrics to baseline {target}")
     except QuantError as e:
         print(f"\n[pytest-quant] {e}")
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from .evaluate import release_models
+
+    release_models()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -211,8 +260,8 @@ def quant_session(request: pytest.FixtureRequest) -> QuantSession:
 
 
 @pytest.fixture(scope="session")
-def quant_case(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """(model, scheme) of the checkpoint under test; parametrized from --quant-model x --quant-scheme."""
+def quant_case(request: pytest.FixtureRequest) -> Case:
+    """The case under test: base model, scheme and (with --quant-checkpoint) the given checkpoint."""
     return request.param
 
 
@@ -221,12 +270,12 @@ def quant_model_id(request: pytest.FixtureRequest) -> str:
     """The model under test, as given to --quant-model."""
     if hasattr(request, "param"):
         return request.param
-    return request.getfixturevalue("quant_case")[0]
+    return request.getfixturevalue("quant_case").model
 
 
 @pytest.fixture(scope="session")
-def quant_scheme(quant_case: tuple[str, str]) -> str:
-    return quant_case[1]
+def quant_scheme(quant_case: Case) -> str:
+    return quant_case.scheme
 
 
 @pytest.fixture(scope="session")
@@ -251,9 +300,9 @@ def calibration_dataset(quant_session: QuantSession, quant_base_model: Path) -> 
 
 
 @pytest.fixture(scope="session")
-def quantized_checkpoint(quant_session: QuantSession, quant_case: tuple[str, str]) -> Checkpoint:
-    """The compressed-tensors checkpoint for the model and scheme under test (built once, then cached)."""
-    return _or_fail(lambda: quant_session.checkpoint(*quant_case))
+def quantized_checkpoint(quant_session: QuantSession, quant_case: Case) -> Checkpoint:
+    """The compressed-tensors checkpoint under test: built once (then cached), or the one given."""
+    return _or_fail(lambda: quant_session.checkpoint(quant_case))
 
 
 def _or_fail(fn: Any) -> Any:
@@ -261,4 +310,3 @@ def _or_fail(fn: Any) -> Any:
         return fn()
     except QuantError as e:
         pytest.fail(f"pytest-quant: {e}", pytrace=False)
-

@@ -1,4 +1,4 @@
-"""The summary table and the JSON report of every gate that ran."""
+"""The summary table and the JSON report of every gate that ran (and every quant test that broke)."""
 
 from __future__ import annotations
 
@@ -10,31 +10,46 @@ from typing import Any
 from .store import atomic_write_text
 
 COLUMNS = (("model", "model"), ("scheme", "scheme"), ("task", "task"), ("metric", "metric"), ("base", "base"),
-           ("quantized", "quantized"), ("recovery", "recovery"), ("threshold", "threshold"),
-           ("verdict", "verdict"), ("backend", "backend"), ("build_seconds", "build s"),
+           ("quantized", "quantized"), ("recovery", "recovery"), ("n", "items"), ("looks", "looks"),
+           ("threshold", "threshold"), ("verdict", "verdict"), ("backend", "backend"), ("build_seconds", "build s"),
            ("eval_seconds", "eval s"))
 
 
 def _cell(v: Any) -> str:
     if v is None:
         return "-"
-    if isinstance(v, bool):
-        return "PASS" if v else "FAIL"
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
     return str(v)
 
 
+def _verdict(r: dict[str, Any]) -> str:
+    v = r.get("verdict", "?")
+    if v == "UNDECIDED":
+        return f"UNDECIDED->{'pass' if r.get('passed') else r.get('outcome') or 'fail'}"
+    return v
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table, one line per gate."""
-    body = [[_cell(r.get("passed") if key == "verdict" else r.get(key)) for key, _ in COLUMNS] for r in rows]
+    body = [[_verdict(r) if key == "verdict" else _cell(r.get(key)) for key, _ in COLUMNS] for r in rows]
     header = [title for _, title in COLUMNS]
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def write_report(path: Path | str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    doc = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta, "gates": rows,
-           "passed": all(r.get("passed") for r in rows)}
+def passed(rows: list[dict[str, Any]], failed_tests: list[str], exitstatus: int) -> bool:
+    """True only when pytest exited 0, no test failed or errored, and every gate passed its test."""
+    return exitstatus == 0 and not failed_tests and all(r.get("passed") or r.get("outcome") == "xfailed" for r in rows)
+
+
+def write_report(path: Path | str, rows: list[dict[str, Any]], failed_tests: list[str], exitstatus: int,
+                 meta: dict[str, Any]) -> None:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.get("verdict", "?")] = counts.get(r.get("verdict", "?"), 0) + 1
+    doc = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta, "exitstatus": int(exitstatus),
+           "passed": passed(rows, failed_tests, exitstatus), "verdicts": counts, "failed_tests": failed_tests,
+           "gates": rows}
     atomic_write_text(Path(path), json.dumps(doc, indent=2, default=str))

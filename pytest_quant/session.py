@@ -1,39 +1,66 @@
 """One test session's state: resolved options, the store, the device, and memoized pipeline steps.
 
-Everything pytest-specific stays in :mod:`.plugin`; this module calls the plain pipeline functions
-and remembers their results so that every test of a session shares one base model, one checkpoint per
-scheme and one evaluation per (model, run).
+Everything pytest-specific stays in :mod:`.plugin`; this module calls the plain pipeline functions and
+remembers their results so that every test of a session shares one base model, one checkpoint per case and
+one model load per evaluation round.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .build import Checkpoint, build_checkpoint, resolve_device
+from .build import Checkpoint, build_checkpoint, given_checkpoint, resolve_device
 from .calibration import CalibrationSpec
-from .evaluate import EvalRun, RunResult, evaluate, resolve_backend
+from .errors import QuantUsageError
+from .evaluate import EvalRun, Evaluator, ItemResults, release_models, resolve_backend
 from .fidelity import fidelity
 from .hardware import Device, detect_device
-from .models import materialize, resolve_model
+from .models import as_is, materialize, resolve_model
 from .options import Settings
 from .recipes import RecipeSpec
-from .store import Store, digest
+from .stats import plan_looks
+from .store import Store
+from .tasks import item_order, task_size
+
+
+@dataclass(frozen=True)
+class Case:
+    """What a checkpoint test runs on: a base model and a scheme, built here or given (``checkpoint``)."""
+    model: str
+    scheme: str
+    checkpoint: str | None = None
+
+    @property
+    def id(self) -> str:
+        name = resolve_model(self.model).name
+        return f"{name}-{Path(self.checkpoint).name}" if self.checkpoint else f"{name}-{self.scheme}"
 
 
 @dataclass(frozen=True)
 class Target:
-    """Something to evaluate: a base model (scheme None) or a quantized checkpoint."""
+    """Something to evaluate: a base model (scheme None), a checkpoint to build, or a given checkpoint."""
     model: str
     scheme: str | None = None
     recipe: RecipeSpec | None = None  # None: the session's recipe for ``scheme``
     calibration: CalibrationSpec | None = None  # None: the session's calibration
-    gpus: dict[str, int] | None = field(default=None, compare=False, hash=False)  # build_gpus / eval_gpus
+    checkpoint: str | None = None  # a checkpoint directory built elsewhere
+    gpus: tuple[tuple[str, int], ...] = ()  # build_gpus / eval_gpus from a YAML config
+    engine: tuple[tuple[str, Any], ...] = ()  # lm-eval model arguments (a YAML config's)
+    as_is: bool = False  # evaluate ``model`` as it is, quantized or not (vLLM's configs)
+
+    @classmethod
+    def of(cls, case: Case, **kwargs: Any) -> "Target":
+        return cls(case.model, case.scheme, checkpoint=case.checkpoint, **kwargs)
 
     @property
     def label(self) -> str:
+        if self.as_is:
+            return f"{Path(self.model).name} (as is)"
+        if self.checkpoint:
+            return Path(self.checkpoint).name
         return f"{resolve_model(self.model).name}-{self.scheme or 'base'}"
 
 
@@ -47,21 +74,29 @@ def limit_threads() -> None:
 
 
 class QuantSession:
-    def __init__(self, settings: Settings, cache_dir: Path) -> None:
+    def __init__(self, settings: Settings, cache_dir: Path | None, cache_problem: str | None = None) -> None:
         self.settings = settings
-        self.store = Store(Path(settings.get("cache_dir") or cache_dir))
+        root = settings.get("cache_dir") or cache_dir
+        self._store = Store(Path(root)) if root else None
+        self._store_problem = cache_problem
         self.rebuild = bool(settings.get("rebuild"))
         self.trust_remote_code = bool(settings.get("trust_remote_code"))
         self.vllm_python = settings.get("vllm_python")
         self.requested_backend = settings.get("backend")
         self._backend: tuple[str, str] | None = None
         self._device: Device | None = None
-        self._checkpoints: dict[tuple[str, RecipeSpec, CalibrationSpec], Checkpoint] = {}
+        self._checkpoints: dict[Any, Checkpoint] = {}
         self._bases: dict[str, tuple[Path, Any]] = {}
-        self.planned: dict[Target, set[EvalRun]] = {}
-        self._results: dict[tuple[str, EvalRun], RunResult] = {}
+        self.planned: dict[Target, dict[EvalRun, set[int]]] = {}
+        self._results: dict[tuple[Target, EvalRun], ItemResults] = {}
 
     # -- environment -------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise QuantUsageError(self._store_problem or "no cache directory: pass --quant-cache-dir DIR")
+        return self._store
+
     @property
     def backend(self) -> str:
         if self._backend is None:
@@ -84,10 +119,23 @@ class QuantSession:
     def compute(self) -> str:
         return resolve_device(self.settings.get("device"))
 
+    def cases(self) -> list[Case]:
+        """The model x scheme cases, or one per --quant-checkpoint (paired with its base model)."""
+        models, checkpoints = self.settings.get("model"), self.settings.get("checkpoint")
+        if not checkpoints:
+            return [Case(m, s) for m in models for s in self.settings.get("scheme")]
+        from .checks import checkpoint_scheme
+
+        if len(models) != 1:
+            raise QuantUsageError("--quant-checkpoint needs exactly one --quant-model: the base model the "
+                                  f"checkpoints were made from (got {len(models)})")
+        return [Case(models[0], checkpoint_scheme(Path(c)), str(Path(c).resolve())) for c in checkpoints]
+
     # -- build -------------------------------------------------------------------------------
     def calibration(self, overrides: dict[str, Any] | None = None) -> CalibrationSpec:
         s, o = self.settings, overrides or {}
-        return CalibrationSpec(s.get("calibration", o), s.get("num_samples", o), s.get("max_seq_length", o))
+        return CalibrationSpec(s.get("calibration", o), s.get("num_samples", o), s.get("max_seq_length", o),
+                               s.get("calibration_batch_size", o))
 
     def recipe(self, scheme: str, overrides: dict[str, Any] | None = None) -> RecipeSpec:
         s, o = self.settings, overrides or {}
@@ -101,59 +149,83 @@ class QuantSession:
             self._bases[model] = materialize(resolve_model(model), self.store, rebuild=False)
         return self._bases[model]
 
-    def checkpoint(self, model: str, scheme: str) -> Checkpoint:
-        return self.build(Target(model, scheme))
+    def checkpoint(self, case: Case) -> Checkpoint:
+        return self.build(Target.of(case))
 
     def build(self, target: Target) -> Checkpoint:
+        """The checkpoint of ``target``: the given directory, or built (once) with its recipe."""
         assert target.scheme is not None
+        if target.checkpoint:
+            key: Any = target.checkpoint
+            if key not in self._checkpoints:
+                self._checkpoints[key] = given_checkpoint(Path(target.checkpoint), target.model, target.scheme)
+            return self._checkpoints[key]
         recipe = target.recipe or self.recipe(target.scheme)
         calibration = target.calibration or self.calibration()
         key = (target.model, recipe, calibration)
         if key not in self._checkpoints:
             limit_threads()
+            if self.compute == "cuda":
+                release_models()  # a kept evaluation model would hold GPU memory the build needs
             self._checkpoints[key] = build_checkpoint(
                 target.model, recipe, calibration, self.store, device=self.compute, rebuild=self.rebuild,
-                trust_remote_code=self.trust_remote_code, gpus=self.settings.get("build_gpus", target.gpus))
+                trust_remote_code=self.trust_remote_code,
+                gpus=self.settings.get("build_gpus", dict(target.gpus)))
         return self._checkpoints[key]
 
+    def path(self, target: Target) -> Path:
+        if target.as_is:
+            return as_is(resolve_model(target.model, quantized_ok=True), self.store)
+        return self.base(target.model)[0] if target.scheme is None else self.build(target).path
+
     # -- evaluation --------------------------------------------------------------------------
+    @property
+    def evaluator(self) -> Evaluator:
+        return Evaluator(self.store, self.backend, self.vllm_python, self.compute, self.settings.get("eval_timeout"),
+                         self.trust_remote_code, self.rebuild)
+
     def run(self, task: str, marker: dict[str, Any] | None = None, add_bos_token: bool = True,
-            apply_chat_template: bool = False) -> EvalRun:
-        s = self.settings
-        return EvalRun(task, num_fewshot=s.get("num_fewshot", marker), limit=s.get("limit", marker),
-                       add_bos_token=add_bos_token, apply_chat_template=apply_chat_template)
+            apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
+            gen_kwargs: str | None = None) -> EvalRun:
+        return EvalRun(task, num_fewshot=self.settings.get("num_fewshot", marker), add_bos_token=add_bos_token,
+                       apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
+                       gen_kwargs=gen_kwargs)
 
-    def plan(self, target: Target, runs: list[EvalRun]) -> None:
-        """Remember runs a later test will need, so one model load serves them all."""
-        self.planned.setdefault(target, set()).update(runs)
+    def order(self, task: str, marker: dict[str, Any] | None = None) -> list[int]:
+        """The task's items in the order gates draw them (seeded by --quant-item-seed)."""
+        return item_order(task, self.settings.get("item_seed", marker))
 
-    def evaluate(self, target: Target, runs: list[EvalRun], checkpoint: Checkpoint | None = None
-                 ) -> dict[EvalRun, RunResult]:
-        """Results of ``runs`` on ``target`` (or on ``checkpoint``, a checkpoint given for it).
+    def looks(self, task: str, marker: dict[str, Any] | None = None) -> list[int]:
+        """Item counts at which a gate on ``task`` decides: ``limit``, doubled, up to ``max_items`` (never fewer
+        than ``limit``), all capped at the task's size."""
+        size, first = task_size(task), self.settings.get("limit", marker)
+        return plan_looks(min(first, size), min(max(first, self.settings.get("max_items", marker)), size))
 
-        Runs planned for the target by other tests are done in the same model load.
-        """
-        if target.scheme is None:
-            path, identity = self.base(target.model)
-            identity = {"base": identity}
-        else:
-            checkpoint = checkpoint or self.build(target)
-            path, identity = checkpoint.path, {"checkpoint": checkpoint.key}
-        memo = digest(identity)
-        wanted = [*runs, *sorted(self.planned.get(target, ()), key=repr)]
-        todo = [r for r in dict.fromkeys(wanted) if (memo, r) not in self._results]
-        if todo:
+    def plan(self, target: Target, run: EvalRun, ids: list[int]) -> None:
+        """Remember items a later test will need, so one model load serves them all."""
+        self.planned.setdefault(target, {}).setdefault(run, set()).update(ids)
+
+    def items(self, target: Target, run: EvalRun, ids: list[int]) -> ItemResults:
+        """Per-item results of ``run`` on ``target`` for ``ids``; planned runs of the target come along."""
+        held = self._results.get((target, run))
+        if held is None or not set(ids) <= set(held.items):
+            wanted: dict[EvalRun, list[int]] = {}
+            for r, planned in self.planned.get(target, {}).items():
+                have = self._results.get((target, r))
+                todo = planned - set(have.items if have else ())
+                if todo:
+                    wanted[r] = sorted(todo | set(have.items if have else ()))
+            wanted[run] = sorted(set(ids) | set(wanted.get(run, [])) | set(held.items if held else ()))
             limit_threads()
-            results = evaluate(path, identity, todo, self.store, backend=self.backend, vllm_python=self.vllm_python,
-                               device=self.compute, timeout=self.settings.get("eval_timeout"),
-                               gpus=self.settings.get("eval_gpus", target.gpus), rebuild=self.rebuild,
-                               trust_remote_code=self.trust_remote_code, label=target.label)
-            self._results.update({(memo, r): v for r, v in results.items()})
-        return {r: self._results[(memo, r)] for r in runs}
+            results = self.evaluator.evaluate(self.path(target), wanted, gpus=self.settings.get("eval_gpus", dict(target.gpus)),
+                                              engine=dict(target.engine), label=target.label)
+            self._results.update({(target, r): v for r, v in results.items()})
+            held = self._results[(target, run)]
+        return ItemResults({i: held.items[i] for i in ids}, held.bos_prefix_counts, held.backend, held.seconds,
+                           held.kernels, held.versions, held.cached)
 
-    def fidelity(self, model: str, scheme: str) -> dict[str, Any]:
-        base_path, base_identity = self.base(model)
-        ck = self.checkpoint(model, scheme)
+    def fidelity(self, case: Case) -> dict[str, Any]:
+        base_path, _ = self.base(case.model)
+        ck = self.checkpoint(case)
         limit_threads()
-        return fidelity(base_path, base_identity, ck.path, ck.key, self.store, device=self.compute,
-                        rebuild=self.rebuild)
+        return fidelity(base_path, ck.path, self.store, device=self.compute, rebuild=self.rebuild)

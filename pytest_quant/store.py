@@ -12,9 +12,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -27,6 +27,8 @@ from filelock import FileLock, Timeout
 from .errors import QuantEnvironmentError
 
 MANIFEST = "manifest.json"
+log = logging.getLogger("pytest_quant")
+_CONTENT: dict[tuple[str, tuple], str] = {}
 
 
 def canonical_json(obj: Any) -> str:
@@ -55,6 +57,20 @@ def tree_files(root: Path) -> dict[str, str]:
     }
 
 
+def content_digest(root: Path) -> str:
+    """SHA-256 of a directory's files and their contents: what identifies a checkpoint, whoever names it.
+
+    Remembered per process while no file's size or modification time changes.
+    """
+    root = Path(root).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    stamp = tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(root), stamp)
+    if key not in _CONTENT:
+        _CONTENT[key] = digest({p.relative_to(root).as_posix(): file_digest(p) for p in files})
+    return _CONTENT[key]
+
+
 def atomic_write_text(path: Path, text: str, overwrite: bool = True) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename; never a half-written file."""
     path = Path(path)
@@ -73,6 +89,10 @@ def atomic_write_text(path: Path, text: str, overwrite: bool = True) -> None:
         raise
 
 
+def log_info(message: str) -> None:
+    log.info(message, stacklevel=2)
+
+
 @dataclass
 class Entry:
     path: Path
@@ -85,7 +105,7 @@ class Store:
 
     def __init__(self, root: Path | str, log: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
-        self.log = log or (lambda msg: print(f"[pytest-quant] {msg}", file=sys.stderr, flush=True))
+        self.log = log or log_info
         self._verified: set[Path] = set()
 
     def key(self, material: Any) -> str:
@@ -146,6 +166,22 @@ class Store:
             return None
         self._verified.add(final)
         return Entry(final, self.read(final), cached=True)
+
+    def entries(self, kind: str) -> list[Entry]:
+        """Every whole entry of ``kind`` (corrupt ones are reported and left out)."""
+        kind_dir = self.root / kind
+        if not kind_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(kind_dir.iterdir()):
+            if path.is_dir() and not path.name.startswith("."):
+                problem = None if path in self._verified else self.verify(path)
+                if problem is None:
+                    self._verified.add(path)
+                    found.append(Entry(path, self.read(path), cached=True))
+                else:
+                    self.log(f"cache entry {path} is corrupt ({problem}); it is ignored and will be recomputed")
+        return found
 
     def put(self, kind: str, material: Any, create: Callable[[Path], dict[str, Any]], label: str) -> Entry:
         """Create the entry with ``create(tmpdir) -> info`` and rename it into place (lock held by caller)."""

@@ -10,11 +10,14 @@ Any other name is passed to lm-eval unchanged (gsm8k, arc_easy, ... for users wh
 
 from __future__ import annotations
 
+import random
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .errors import QuantUsageError
 from .store import atomic_write_text, digest, file_digest
 
 DATA = Path(__file__).parent / "data" / "tasks"
@@ -85,6 +88,63 @@ PRIMARY_METRIC = {"quant_facts": "acc", "quant_arith": "exact_match,strict-match
 
 def primary_metric(task: str) -> str:
     return PRIMARY_METRIC.get(task, "acc")
+
+
+def _metric_names(config: dict[str, Any]) -> set[str]:
+    """'metric' or 'metric,filter' for every metric and filter of a task config (lm-eval's naming)."""
+    metrics = [m["metric"] for m in config.get("metric_list") or [] if isinstance(m.get("metric"), str)]
+    filters = [f["name"] for f in config.get("filter_list") or []] or ["none"]
+    return {m if f == "none" else f"{m},{f}" for m in metrics for f in filters}
+
+
+@lru_cache(maxsize=1)
+def _manager() -> Any:
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+@lru_cache(maxsize=None)
+def _external_config(task: str) -> dict[str, Any]:
+    manager = _manager()
+    if task not in manager.all_tasks:
+        raise QuantUsageError(f"unknown lm-eval task {task!r}; bundled tasks are {', '.join(BUNDLED_TASKS)}, and any "
+                              "task lm-eval lists with `lm_eval --tasks list`")
+    if task not in manager.all_subtasks:
+        raise QuantUsageError(f"lm-eval task {task!r} is a group or tag; name its tasks, whose items can be paired")
+    # lm-eval 0.4.13 has no public accessor for one task's resolved YAML
+    return manager._factory._load_full_config(manager.task_index[task])  # noqa: SLF001
+
+
+def task_metrics(task: str) -> set[str]:
+    """The metrics a task produces ('acc', 'exact_match,strict-match', ...); unknown task: a usage error."""
+    return _metric_names(BUNDLED_TASKS[task] if task in BUNDLED_TASKS else _external_config(task))
+
+
+def check_metric(task: str, metric: str) -> None:
+    """Refuse, before anything runs, a metric the task does not produce."""
+    known = task_metrics(task)
+    if known and metric not in known:
+        raise QuantUsageError(f"task {task!r} has no metric {metric!r}; it gives {', '.join(sorted(known))}")
+
+
+@lru_cache(maxsize=None)
+def task_size(task: str) -> int:
+    """How many items the task's evaluation split has."""
+    if task in BUNDLED_TASKS:
+        cfg = BUNDLED_TASKS[task]
+        path = Path(cfg["dataset_kwargs"]["data_files"][cfg["test_split"]])
+        return sum(1 for line in path.read_text().splitlines() if line.strip())
+    _external_config(task)
+    return len(_manager().load([task])["tasks"][task].eval_docs)
+
+
+def item_order(task: str, seed: int | None) -> list[int]:
+    """The order in which a task's items are drawn: a seeded random permutation, or dataset order (None)."""
+    ids = list(range(task_size(task)))
+    if seed is not None:
+        random.Random(f"{task}:{seed}").shuffle(ids)
+    return ids
 
 
 def fixed_fewshot(task: str) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,13 @@ import torch
 
 from pytest_quant.baseline import Baseline, save_baseline
 from pytest_quant.errors import QuantEnvironmentError, QuantUsageError
-from pytest_quant.gates import Threshold, check, wilson_interval
+from pytest_quant.gates import Threshold, aggregate, bos_loss_scores, bound_scores, combine, isclose
 from pytest_quant.hardware import Device, skip_reason
 from pytest_quant.models import resolve_model
 from pytest_quant.options import Settings
 from pytest_quant.recipes import RecipeSpec, check_shapes, to_modifiers
-from pytest_quant.yaml_items import parse_config
+from pytest_quant.stats import FAIL, PASS, UNDECIDED, decide, judge, look_alpha, plan_looks, sequential
+from pytest_quant.yaml_items import LlmCompressorConfig, VllmConfig, parse_config
 
 # -- options ---------------------------------------------------------------------------------
 
@@ -40,9 +42,9 @@ def test_option_lists_and_bad_values() -> None:
     assert s.get("model") == ["a/b", "c/d"]
     with pytest.raises(QuantUsageError, match="QUANT_LIMIT: bad value 'many'"):
         Settings(env={"QUANT_LIMIT": "many"}).get("limit")
-    with pytest.raises(QuantUsageError, match="'tpu' is not one of"):
+    with pytest.raises(QuantUsageError, match="--quant-backend: bad value 'tpu' for backend: expected one of auto"):
         Settings(cli={"backend": "tpu"}, env={}).get("backend")
-    with pytest.raises(QuantUsageError, match="--quant-profile: 'huge' is not one of guide, ci"):
+    with pytest.raises(QuantUsageError, match="--quant-profile: bad value 'huge' for profile: expected one of guide, ci"):
         Settings(cli={"profile": "huge"}, env={})
 
 
@@ -99,36 +101,71 @@ def test_recipes_map_to_the_guides_modifiers() -> None:
 # -- gates -----------------------------------------------------------------------------------
 
 
-def test_absolute_and_relative_gates() -> None:
-    assert check("acc", 0.6, Threshold(min_value=0.5)).passed
-    v = check("acc", 0.4, Threshold(min_value=0.5))
-    assert not v.passed and "min_value: 0.4000 >= 0.5000" in v.message
-    assert check("acc", 0.58, Threshold(max_drop=0.05), base=0.6).passed
-    assert not check("acc", 0.50, Threshold(max_drop=0.05), base=0.6).passed
-    r = check("acc", 0.57, Threshold(recovery=0.96), base=0.6)
-    assert not r.passed and r.recovery == pytest.approx(0.95)
-    assert check("acc", 0.72, Threshold(expected=0.75, rtol=0.05)).passed
-    assert not check("acc", 0.70, Threshold(expected=0.75, rtol=0.05)).passed
+def verdict(metric: str, t: Threshold, q: list, b: list | None = None, alpha: float = 0.05) -> str:
+    return combine(bound_scores(metric, t, q, b), alpha).verdict
 
 
-def test_lower_is_better_metrics() -> None:
-    assert check("word_perplexity", 21.0, Threshold(recovery=0.9), base=20.0).passed  # 20/21 = 0.95
-    assert not check("word_perplexity", 25.0, Threshold(recovery=0.9), base=20.0).passed
-    assert not check("word_perplexity", 25.0, Threshold(max_drop=2.0), base=20.0).passed
-    assert check("word_perplexity", 20.5, Threshold(expected=20.0, rtol=0.05)).passed
-    assert not check("word_perplexity", 22.0, Threshold(expected=20.0, rtol=0.05)).passed
-    assert check("bits_per_byte", 0.9, Threshold(max_value=1.0)).passed
-    assert not check("bits_per_byte", 1.1, Threshold(max_value=1.0)).passed
+def test_paired_gates_on_zero_one_items() -> None:
+    base = [1] * 80 + [0] * 20
+    same = list(base)
+    assert verdict("acc", Threshold(recovery=0.95), same, base) == PASS  # identical answers: margin 0.05 * 0.8
+    worse = [0] * 30 + [1] * 50 + [0] * 20  # lost 30 of 80 right answers, paired
+    assert verdict("acc", Threshold(recovery=0.95), worse, base) == FAIL
+    noisy = [0] * 6 + [1] * 74 + [1] * 3 + [0] * 17  # 6 lost, 3 gained on 100 items: too few to tell 0.95
+    assert verdict("acc", Threshold(recovery=0.95), noisy, base) == UNDECIDED
+    assert verdict("acc", Threshold(max_drop=0.05), worse, base) == FAIL
+    assert verdict("acc", Threshold(min_value=0.5), same) == PASS
+    assert verdict("acc", Threshold(min_value=0.9), same) == FAIL
+    assert verdict("acc", Threshold(expected=0.85, rtol=0.1), same) == UNDECIDED  # 0.8 vs 0.765, n=100
+    with pytest.raises(QuantUsageError, match="need the base model's values on the same items"):
+        bound_scores("acc", Threshold(recovery=0.9), same, base[:50])
 
 
-def test_statistics_aware_gates_widen_bounds() -> None:
-    t = Threshold(recovery=0.95)
-    assert not check("acc", 0.62, t, stderr=0.06, base=0.70, base_stderr=0.06).passed
-    assert check("acc", 0.62, Threshold(recovery=0.95, stderr_k=1), stderr=0.06, base=0.70, base_stderr=0.06).passed
-    lo, hi = wilson_interval(0.5, 100, 0.95)
-    assert lo == pytest.approx(0.404, abs=1e-3) and hi == pytest.approx(0.596, abs=1e-3)
-    assert check("acc", 0.45, Threshold(min_value=0.5, wilson=0.95), n=100).passed
-    assert not check("acc", 0.45, Threshold(min_value=0.5, wilson=0.95), n=10000).passed
+def test_pairing_decides_where_independent_samples_cannot() -> None:
+    """The same difference of means; paired items that agree almost everywhere make it decidable."""
+    base = [1] * 70 + [0] * 30
+    q = [0] * 8 + [1] * 62 + [0] * 30  # 8 items lost, nothing else changed: recovery 0.886
+    d = combine(bound_scores("acc", Threshold(recovery=0.95), q, base), 0.05).decisions["recovery 0.95"]
+    independent_se = (aggregate("acc", q)[1] ** 2 + (0.95 * aggregate("acc", base)[1]) ** 2) ** 0.5
+    assert d.verdict == FAIL and d.se < independent_se / 2
+
+
+def test_perplexity_gates_work_on_loglikelihood_pairs() -> None:
+    words = [100.0] * 50
+    base = [[-100 * math.log(20.0) + (1 if i % 2 else -1), w] for i, w in enumerate(words)]
+    value, se = aggregate("word_perplexity", base)
+    assert value == pytest.approx(20.0, rel=1e-3) and se > 0
+    assert aggregate("bits_per_byte", base)[0] == pytest.approx(math.log(20.0) / math.log(2), rel=1e-3)
+    worse = [[ll - 100 * math.log(25 / 20), w] for ll, w in base]  # perplexity 25: recovery 0.8
+    assert aggregate("word_perplexity", worse)[0] == pytest.approx(25.0, rel=1e-3)
+    assert verdict("word_perplexity", Threshold(recovery=0.9), worse, base) == FAIL
+    assert verdict("word_perplexity", Threshold(recovery=0.75), worse, base) == PASS
+    assert verdict("word_perplexity", Threshold(max_value=30.0), worse) == PASS
+    assert verdict("word_perplexity", Threshold(max_value=22.0), worse) == FAIL
+    assert verdict("word_perplexity", Threshold(max_drop=3.0), worse, base) == FAIL
+    assert verdict("word_perplexity", Threshold(max_drop=8.0), worse, base) == PASS
+
+
+def test_bos_loss_scores() -> None:
+    on = [1] * 60 + [0] * 40
+    off = [0] * 20 + [1] * 40 + [0] * 40  # 20 right answers lost without BOS
+    assert decide(bos_loss_scores("acc", on, off, 0.05), 0.05).verdict == FAIL
+    assert decide(bos_loss_scores("acc", on, off, 0.05, on, off), 0.05).verdict == PASS  # base loses the same
+
+
+def test_looks_and_alpha_spending() -> None:
+    assert plan_looks(60, 250) == [60, 120, 250]
+    assert plan_looks(60, 389) == [60, 120, 240, 389]
+    assert plan_looks(250, 250) == [250]
+    assert plan_looks(300, 250) == [250]
+    looks = [60, 120, 250]
+    parts = [look_alpha(0.05, looks, k) for k in range(3)]
+    assert sum(parts) == pytest.approx(0.05) and parts[0] < parts[1] < parts[2]
+    seen = []
+    result, n, taken = sequential(lambda n, a: seen.append(n) or (UNDECIDED if n < 120 else PASS), looks, 0.05,
+                                  lambda v: v)
+    assert (result, n, taken, seen) == (PASS, 120, 2, [60, 120])
+    assert judge(0.0, 0.0, 10, 0.05).verdict == PASS  # exactly at the threshold holds
 
 
 def test_threshold_validation() -> None:
@@ -136,11 +173,10 @@ def test_threshold_validation() -> None:
         Threshold(min_value=75).validate("acc")
     Threshold(max_value=75).validate("word_perplexity")
     with pytest.raises(QuantUsageError, match="at least one"):
-        Threshold(stderr_k=1).validate("acc")
-    with pytest.raises(QuantUsageError, match="wilson applies to proportions"):
-        Threshold(max_value=2, wilson=0.9).validate("word_perplexity")
-    with pytest.raises(QuantUsageError, match="need the base"):
-        check("acc", 0.5, Threshold(max_drop=0.1))
+        Threshold().validate("acc")
+    with pytest.raises(QuantUsageError, match="rtol needs expected"):
+        Threshold(min_value=0.1, rtol=0.1).validate("acc")
+    assert isclose(0.70, 0.75, 0.08) and not isclose(0.60, 0.75, 0.08) and not isclose(0.90, 0.75, 0.08)
 
 
 # -- hardware --------------------------------------------------------------------------------
@@ -168,37 +204,66 @@ def test_skip_table() -> None:
 
 # -- YAML configs ----------------------------------------------------------------------------
 
+# llm-compressor's tests/lmeval/configs/w4a16_gptq.yaml, as upstream writes it.
+UPSTREAM_LLMC = """cadence: "weekly"
+model: meta-llama/Meta-Llama-3-8B-Instruct
+scheme: W4A16
+dataset_id: perfectblend
+quant_type: "GPTQ"
+lmeval:
+  recovery_threshold:
+    exact_match,strict-match: 0.94
+    exact_match,flexible-extract: 0.94
+  metrics:
+    exact_match,flexible-extract: 0.72
+    exact_match,strict-match: 0.72
+"""
 
-def test_vllm_format() -> None:
-    checks = parse_config({"model_name": "org/m", "limit": 10, "num_fewshot": 5, "rtol": 0.1,
-                           "tasks": [{"name": "gsm8k", "metrics": [{"name": "exact_match,strict-match", "value": 0.7},
-                                                                   {"name": "exact_match,flexible-extract", "value": 0.72}]}]})
-    assert [c.metric for c in checks] == ["exact_match,strict-match", "exact_match,flexible-extract"]
-    assert checks[0].scheme is None and checks[0].threshold.rtol == 0.1 and checks[0].run_args == {"limit": 10, "num_fewshot": 5}
+
+def test_upstream_llmcompressor_config_is_accepted_with_its_defaults() -> None:
+    import yaml
+
+    c = parse_config(yaml.safe_load(UPSTREAM_LLMC))
+    assert isinstance(c, LlmCompressorConfig)
+    assert (c.lmeval.task, c.lmeval.num_fewshot, c.lmeval.limit, c.lmeval.model) == ("gsm8k", 5, 1000, "vllm")
+    assert c.lmeval.recovery_threshold == {"exact_match,strict-match": 0.94, "exact_match,flexible-extract": 0.94}
+    assert c.num_calibration_samples == 512 and c.max_seq_length == 2048
 
 
-def test_llmcompressor_format() -> None:
-    (c,) = parse_config({"model": "org/m", "scheme": "W4A16", "group_size": 64, "dataset_id": "HuggingFaceH4/ultrachat_200k",
-                         "dataset_split": "train_sft", "num_calibration_samples": 64,
-                         "lmeval": {"task": "gsm8k", "metrics": {"exact_match,flexible-extract": 0.5},
-                                    "recovery_threshold": 0.9, "limit": 20}})
-    assert c.scheme == "W4A16" and c.threshold.recovery == 0.9 and c.threshold.expected == 0.5
-    assert c.calibration_args == {"calibration": "HuggingFaceH4/ultrachat_200k:train_sft", "num_samples": 64}
-    assert c.recipe_args == {"group_size": 64}
+def test_vllm_format_defaults_to_rtol_0_08() -> None:
+    c = parse_config({"model_name": "org/m", "limit": 10, "num_fewshot": 5,
+                      "tasks": [{"name": "quant_arith", "metrics": [{"name": "exact_match,strict-match", "value": 0.7}]}]})
+    assert isinstance(c, VllmConfig) and c.rtol == 0.08 and c.max_model_len == 4096
 
 
 @pytest.mark.parametrize("doc, message", [
     ([1, 2], "top level: expected a mapping"),
     ({"foo": 1}, "expected 'model_name'"),
-    ({"model_name": "m"}, "tasks: missing"),
-    ({"model_name": "m", "tasks": [{"name": "t", "metrics": [{"name": "acc", "value": "high"}]}]},
-     r"tasks\[0\].metrics\[0\].value: expected"),
-    ({"model_name": "m", "tasks": [{"name": "t", "metrics": [{"name": "acc", "value": 75}]}]},
-     r"tasks\[0\].metrics\[0\].value: value=|outside \[0, 1\]"),
-    ({"model": "m", "scheme": "W9A9", "lmeval": {"task": "t", "metrics": {"acc": 0.5}}}, "scheme: unknown scheme"),
-    ({"model": "m", "scheme": "W4A16", "lmeval": {"metrics": {"acc": 0.5}}}, "lmeval.task: missing"),
-    ({"model": "m", "scheme": "W4A16", "num_calibration_samples": -1, "lmeval": {"task": "t", "metrics": {"acc": 0.5}}},
-     "num_calibration_samples: calibration num_samples must be a positive integer"),
+    ({"model_name": "m", "limit": 1, "num_fewshot": 0}, "tasks: Field required"),
+    ({"model_name": "m", "limit": 1, "num_fewshot": 0,
+      "tasks": [{"name": "quant_facts", "metrics": [{"name": "acc", "value": "high"}]}]},
+     r"tasks\[0\].metrics\[0\].value: Input should be a valid number"),
+    ({"model_name": "m", "limit": 1, "num_fewshot": 0, "rtol": 0.1, "rtoll": 0.2,
+      "tasks": [{"name": "quant_facts", "metrics": [{"name": "acc", "value": 0.5}]}]}, "rtoll: unknown key"),
+    ({"model_name": "m", "limit": 1, "num_fewshot": 0, "backend": "vllm-vlm",
+      "tasks": [{"name": "quant_facts", "metrics": [{"name": "acc", "value": 0.5}]}]}, "vllm-vlm"),
+    ({"model_name": "m", "limit": 1, "num_fewshot": 0,
+      "tasks": [{"name": "quant_facts", "metrics": [{"name": "accuracy", "value": 0.5}]}]},
+     r"tasks\[0\].metrics\[0\].name: task 'quant_facts' has no metric 'accuracy'"),
+    ({"model": "m", "scheme": "W9A9", "lmeval": {"task": "quant_facts"}}, "scheme: unknown scheme"),
+    ({"model": "m", "scheme": "W4A16", "lmeval": {"task": "quant_facts", "recovery": 0.9}}, "lmeval.recovery: unknown key"),
+    ({"model": "m", "scheme": "W4A16", "lmeval": {"task": "quant_facts", "recovery_threshold": "high"}},
+     "lmeval.recovery_threshold"),
+    ({"model": "m", "scheme": "W4A16", "lmeval": {"task": "quant_facts", "higher_is_better": False}},
+     "higher_is_better: true"),
+    ({"model": "m", "recipe": "r.yaml", "lmeval": {"task": "quant_facts"}}, "recipe: recipe files are not supported"),
+    ({"model": "m", "lmeval": {"task": "quant_facts"}}, "scheme: missing"),
+    ({"model": "m", "scheme": "W4A16", "entrypoint": "model_free_ptq", "lmeval": {"task": "quant_facts"}},
+     "entrypoint: Input should be 'oneshot'"),
+    ({"model": "m", "scheme": "W4A16", "num_calibration_samples": -1, "lmeval": {"task": "quant_facts"}},
+     "num_calibration_samples: Input should be greater than or equal to 1"),
+    ({"model": "m", "scheme": "W4A16", "lmeval": {"task": "quant_facts", "recovery_threshold": {"ac": 0.9}}},
+     "lmeval.recovery_threshold.ac: task 'quant_facts' has no metric 'ac'"),
 ])
 def test_malformed_configs_name_the_field(doc: object, message: str) -> None:
     with pytest.raises(QuantUsageError, match=message):
@@ -207,20 +272,26 @@ def test_malformed_configs_name_the_field(doc: object, message: str) -> None:
 
 # -- baselines -------------------------------------------------------------------------------
 
-ROW = {"key": "m|W4A16|quant_facts|acc|bos=True", "quantized": 0.7, "stderr": 0.05, "n": 60,
-       "settings": {"limit": 60, "backend": "vllm"}, "versions": {"lm_eval": "0.4.13"}}
+ROW = {"key": "m|W4A16|quant_facts|acc|bos=True", "quantized": 0.7, "n": 250,
+       "extra": {"stderr": 0.02, "settings": {"items": 250, "backend": "vllm"}, "versions": {"lm_eval": "0.4.13"}}}
 
 
-def test_baseline_roundtrip_and_regression(tmp_path: Path) -> None:
+def test_baseline_roundtrip_merge_and_regression(tmp_path: Path) -> None:
     path = tmp_path / "b.json"
     assert save_baseline(path, [ROW], overwrite=False) == 1
     with pytest.raises(QuantUsageError, match="exists; pass --quant-overwrite-baseline"):
         save_baseline(path, [ROW], overwrite=False)
+    other = {**ROW, "key": "m|W8A8|quant_facts|acc|bos=True", "quantized": 0.72}
+    save_baseline(path, [other], overwrite=True)
+    assert set(Baseline.load(path).entries) == {ROW["key"], other["key"]}  # merged, nothing dropped
     b = Baseline.load(path)
-    assert b.compare(ROW["key"], "acc", 0.69, ROW["settings"], 0.05).passed
-    v = b.compare(ROW["key"], "acc", 0.60, {"limit": 250, "backend": "vllm"}, 0.05)
-    assert not v.passed and "settings differ from the baseline's: limit 60 -> 250" in v.message
-    assert b.compare("other", "acc", 0.1, {}, 0.05) is None
+    v, text = b.compare(ROW["key"], "acc", 0.69, 0.02, ROW["extra"]["settings"], {"lm_eval": "0.4.13"}, 0.05, 0.05)
+    assert v == PASS and "library versions differ" not in text
+    v, text = b.compare(ROW["key"], "acc", 0.55, 0.02, {"items": 60, "backend": "vllm"}, {"lm_eval": "0.5"}, 0.05, 0.05)
+    assert v == FAIL and "settings differ from the baseline's: items 250 -> 60" in text
+    assert "library versions differ from the baseline's: lm_eval 0.4.13 -> 0.5" in text
+    v, text = b.compare("other", "acc", 0.1, 0.0, {}, {}, 0.05, 0.05)
+    assert v is None and "has no entry 'other'" in text
 
 
 def test_bad_baselines(tmp_path: Path) -> None:
@@ -268,9 +339,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 def test_shipped_fixture_configs_parse() -> None:
     import yaml
 
-    (vllm,) = parse_config(yaml.safe_load((FIXTURES / "quant_vllm_format.yaml").read_text()))
-    assert (vllm.scheme, vllm.task, vllm.metric, vllm.threshold.rtol) == (None, "quant_facts", "acc", 0.10)
-    (llmc,) = parse_config(yaml.safe_load((FIXTURES / "quant_llmcompressor_format.yaml").read_text()))
-    assert llmc.calibration_args == {"calibration": "HuggingFaceH4/ultrachat_200k:train_sft", "num_samples": 512}
-    with pytest.raises(QuantUsageError, match=r"tasks\[0\].metrics\[0\].value: expected"):
+    for name in ("quant_vllm_format.yaml", "quant_llmcompressor_w4a16_gptq.yaml", "quant_llmcompressor_w8a8.yaml"):
+        parse_config(yaml.safe_load((FIXTURES / name).read_text()))
+    with pytest.raises(QuantUsageError, match=r"tasks\[0\].metrics\[0\].value: Input should be a valid number"):
         parse_config(yaml.safe_load((FIXTURES / "quant_malformed.yaml").read_text()))

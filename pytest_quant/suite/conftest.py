@@ -24,8 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         metric = s.get("metric") or primary_metric(task)
         if item.get_closest_marker("suite_accuracy"):
-            item.add_marker(pytest.mark.quant_accuracy(task=task, metric=metric, recovery=s.get("recovery"),
-                                                       stderr_k=s.get("stderr_k")))
+            item.add_marker(pytest.mark.quant_accuracy(task=task, metric=metric, recovery=s.get("recovery")))
         if item.get_closest_marker("suite_bos"):
             item.add_marker(pytest.mark.quant_bos(task=task, metric=metric,
                                                   max_extra_loss=s.get("max_bos_extra_loss")))

@@ -6,9 +6,10 @@ import pytest
 
 from pytest_quant.build import Checkpoint
 from pytest_quant.checks import checkpoint_problems, generate
+from pytest_quant.gating import run_fidelity
 from pytest_quant.hardware import SUPPORT
-from pytest_quant.plugin import record
-from pytest_quant.session import QuantSession, Target
+from pytest_quant.plugin import conclude
+from pytest_quant.session import Case, QuantSession, Target
 
 
 def test_checkpoint_structure(quantized_checkpoint: Checkpoint) -> None:
@@ -25,7 +26,7 @@ def test_checkpoint_generates(quantized_checkpoint: Checkpoint) -> None:
 
 @pytest.mark.suite_accuracy
 def test_accuracy(quantized_checkpoint: Checkpoint, suite_task: str) -> None:
-    """Each --quant-task's metric recovers --quant-recovery of the base model's (with --quant-stderr-k slack)."""
+    """Each --quant-task's metric recovers --quant-recovery of the base model's, on paired items."""
 
 
 @pytest.mark.suite_bos
@@ -33,26 +34,18 @@ def test_bos_sensitivity(quantized_checkpoint: Checkpoint, suite_task: str) -> N
     """Exactly one BOS per prompt when asked; the quantized model loses no more without BOS than the base."""
 
 
-def test_fidelity(request: pytest.FixtureRequest, quant_session: QuantSession, quant_case: tuple[str, str]) -> None:
-    """Next-token distributions stay close to the base model's (KL and top-1 agreement)."""
-    f = quant_session.fidelity(*quant_case)
-    s = quant_session.settings
-    row = {"model": quant_case[0], "scheme": quant_case[1], "task": "fidelity", "metric": "kl",
-           "quantized": f["kl"], "threshold": f"max_kl={s.get('max_kl')}, min_top1={s.get('min_top1')}",
-           "top1_agreement": f["top1_agreement"], "n": f["tokens"], "backend": "hf",
-           "passed": f["kl"] <= s.get("max_kl") and f["top1_agreement"] >= s.get("min_top1")}
-    row["message"] = f"KL {f['kl']:.4f} (max {s.get('max_kl')}), top-1 agreement {f['top1_agreement']:.4f} " \
-                     f"(min {s.get('min_top1')}) over {f['tokens']} tokens"
-    record(request.node, [row])
-    assert row["passed"], row["message"]
+def test_fidelity(request: pytest.FixtureRequest, quant_session: QuantSession, quant_case: Case) -> None:
+    """Next-token distributions stay close to the base model's (KL and top-1 agreement per prompt)."""
+    conclude(request.node, [run_fidelity(quant_session, quant_case)])
 
 
-def test_vllm_kernel(quant_session: QuantSession, quant_case: tuple[str, str]) -> None:
+def test_vllm_kernel(quant_session: QuantSession, quant_case: Case) -> None:
     """On vLLM's CPU backend, the scheme runs on the kernel the hardware table names."""
     if quant_session.backend != "vllm" or quant_session.device.kind != "cpu":
         pytest.skip(f"checks vLLM's CPU kernels; this session runs {quant_session.backend} on "
                     f"{quant_session.device.describe()}")
-    run = quant_session.run(quant_session.settings.get("task")[0])
-    result = quant_session.evaluate(Target(*quant_case), [run])[run]
-    expected = SUPPORT[quant_case[1]].cpu_kernel
+    task = quant_session.settings.get("task")[0]
+    ids = quant_session.order(task)[:quant_session.looks(task)[0]]
+    result = quant_session.items(Target.of(quant_case), quant_session.run(task), ids)
+    expected = SUPPORT[quant_case.scheme].cpu_kernel
     assert expected in result.kernels, f"vLLM used {result.kernels}, expected {expected}"

@@ -1,0 +1,214 @@
+"""Running gates: plan their evaluations, evaluate item by item, decide with looks, and produce a row.
+
+Every gate evaluates the quantized model and (when its bounds need it) the base on the same items, drawn
+in the session's seeded order; it looks first at ``limit`` items and, while UNDECIDED, at more (doubling,
+up to ``max_items``), each look at its share of ``alpha`` (:mod:`.stats`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .baseline import Baseline
+from .build import Checkpoint
+from .evaluate import EvalRun
+from .gates import Threshold, Verdict, aggregate, bos_loss_scores, bound_scores, combine, is_ratio
+from .markers import AccuracySpec, BosSpec
+from .rows import GateRow, verdict_outcome
+from .session import Case, QuantSession, Target
+from .stats import FAIL, PASS, UNDECIDED, decide, sequential
+from .tasks import higher_is_better
+
+
+def _run(session: QuantSession, spec: AccuracySpec | BosSpec, add_bos_token: bool) -> EvalRun:
+    return session.run(spec.task, spec.marker, add_bos_token, spec.apply_chat_template)
+
+
+def bos_runs(session: QuantSession, spec: BosSpec) -> tuple[EvalRun, EvalRun]:
+    return _run(session, spec, True), _run(session, spec, False)
+
+
+def plan_accuracy(session: QuantSession, spec: AccuracySpec, case: Case) -> None:
+    """Ask for the first look's items now, so that one model load serves every test's first look."""
+    ids = session.order(spec.task, spec.marker)[:session.looks(spec.task, spec.marker)[0]]
+    run = _run(session, spec, spec.add_bos_token)
+    session.plan(Target.of(case), run, ids)
+    if spec.threshold.needs_base:
+        session.plan(Target(case.model), run, ids)
+
+
+def plan_bos(session: QuantSession, spec: BosSpec, case: Case) -> None:
+    ids = session.order(spec.task, spec.marker)[:session.looks(spec.task, spec.marker)[0]]
+    for run in bos_runs(session, spec):
+        session.plan(Target.of(case), run, ids)
+        if spec.max_extra_loss is not None:
+            session.plan(Target(case.model), run, ids)
+
+
+def target_for(session: QuantSession, case: Case, ck: Checkpoint) -> Target:
+    """The target to evaluate: the case's, or the checkpoint the test received when a fixture replaced it."""
+    own = Target.of(case)
+    if session.build(own).path == ck.path:
+        return own
+    return Target(case.model, case.scheme, checkpoint=str(ck.path))
+
+
+def _point(metric: str, values: list[Any]) -> float:
+    return aggregate(metric, values)[0]
+
+
+def _recovery(metric: str, q: float, b: float) -> float | None:
+    if q <= 0 or b <= 0:
+        return None
+    return q / b if higher_is_better(metric) else b / q
+
+
+def _resolve(session: QuantSession, verdict: str) -> bool:
+    return verdict_outcome(verdict, session.settings.get("undecided"))
+
+
+def _summary(verdict: Verdict, n: int, looks: int) -> str:
+    head = {PASS: "PASS", FAIL: "FAIL", UNDECIDED: "UNDECIDED (the items cannot decide)"}[verdict.verdict]
+    return f"{head} on {n} items after {looks} look{'s' if looks > 1 else ''}: {verdict.describe()}"
+
+
+def gate(session: QuantSession, q_target: Target, b_target: Target, run: EvalRun, metric: str, t: Threshold,
+         marker: dict[str, Any]) -> tuple[Verdict, int, int, dict[str, Any]]:
+    """Decide ``t`` on ``run`` with looks: (verdict, items used, looks, the last look's results)."""
+    order, looks = session.order(run.task, marker), session.looks(run.task, marker)
+    got: dict[str, Any] = {}
+
+    def at(n: int, alpha: float) -> Verdict:
+        ids = order[:n]
+        got["q"] = session.items(q_target, run, ids)
+        got["qv"] = got["q"].values(metric, ids)
+        got["bv"] = session.items(b_target, run, ids).values(metric, ids) if t.needs_base else None
+        return combine(bound_scores(metric, t, got["qv"], got["bv"]), alpha)
+
+    verdict, n, taken = sequential(at, looks, session.settings.get("alpha", marker), lambda v: v.verdict)
+    return verdict, n, taken, got
+
+
+def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: str, t: Threshold,
+         marker: dict[str, Any], outcome: tuple[Verdict, int, int, dict[str, Any]], extra_verdicts: list[str],
+         extra_messages: list[str], **fields: Any) -> GateRow:
+    verdict, n, taken, got = outcome
+    q, se = aggregate(metric, got["qv"])
+    base = _point(metric, got["bv"]) if got["bv"] is not None else None
+    recovery = _recovery(metric, q, base) if base is not None else None
+    head = f"{metric} = {q:.4f} ± {se:.4f} (n={n})" + (f", base {base:.4f}, recovery {recovery:.3f}"
+                                                        if base is not None and recovery is not None else "")
+    verdicts = [verdict.verdict, *extra_verdicts]
+    overall = FAIL if FAIL in verdicts else PASS if set(verdicts) == {PASS} else UNDECIDED
+    return GateRow(model, scheme, run.task, metric, overall, _resolve(session, overall),
+                   "; ".join([f"{head}; {_summary(verdict, n, taken)}", *extra_messages]),
+                   t.describe() + f", alpha={session.settings.get('alpha', marker):g}", q, base, recovery, n, taken,
+                   session.backend, eval_seconds=got["q"].seconds,
+                   extra={"stderr": se, "versions": got["q"].versions,
+                          "bounds": {k: d.__dict__ for k, d in verdict.decisions.items()}, **fields.pop("extra", {})},
+                   **fields)
+
+
+def run_accuracy(session: QuantSession, spec: AccuracySpec, case: Case, ck: Checkpoint,
+                 baseline: Baseline | None) -> GateRow:
+    marker, metric = spec.marker, spec.metric
+    run = _run(session, spec, spec.add_bos_token)
+    outcome = gate(session, target_for(session, case, ck), Target(case.model), run, metric, spec.threshold, marker)
+    n, got = outcome[1], outcome[3]
+    settings = {"num_fewshot": run.num_fewshot, "items": n, "item_seed": session.settings.get("item_seed", marker),
+                "add_bos_token": run.add_bos_token, "apply_chat_template": run.apply_chat_template,
+                "backend": session.backend, "calibration": session.calibration().__dict__}
+    key = "|".join([case.model, case.scheme, spec.task, metric, f"bos={run.add_bos_token}"])
+    verdicts, messages = [], []
+    if baseline is not None:
+        q, se = aggregate(metric, got["qv"])
+        b_verdict, text = baseline.compare(key, metric, q, se, settings, got["q"].versions,
+                                           session.settings.get("baseline_rtol"), session.settings.get("alpha", marker))
+        messages.append(text)
+        verdicts += [b_verdict] if b_verdict else []
+    return _row(session, case.model, case.scheme, run, metric, spec.threshold, marker, outcome, verdicts, messages,
+                key=key, build_seconds=ck.manifest.get("seconds"), extra={"settings": settings})
+
+
+def yaml_recovery(session: QuantSession, target: Target, run: EvalRun, metric: str, t: Threshold,
+                  marker: dict[str, Any]) -> GateRow:
+    """An llm-compressor config's recovery gate: ``target`` against its base model, paired."""
+    base = Target(target.model, gpus=target.gpus, engine=target.engine)
+    outcome = gate(session, target, base, run, metric, t, marker)
+    return _row(session, target.model, target.scheme or "-", run, metric, t, marker, outcome, [], [])
+
+
+def _bos_structure(counts_on: dict[str, int], counts_off: dict[str, int]) -> list[str]:
+    failures = []
+    not_one = {k: v for k, v in counts_on.items() if k not in ("1", "inserted") and v}
+    if not_one:
+        failures.append(f"with add_bos_token=True, prompts must start with exactly one BOS; leading-BOS counts "
+                        f"{not_one} (of {sum(v for k, v in counts_on.items() if k != 'inserted')} prompts)")
+    doubled = {k: v for k, v in counts_off.items() if k in ("2", "3") and v}
+    if doubled:
+        failures.append(f"with add_bos_token=False, prompts start with two or more BOS: {doubled}")
+    return failures
+
+
+def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) -> GateRow:
+    marker, metric = spec.marker, spec.metric
+    on, off = bos_runs(session, spec)
+    q_target, b_target = target_for(session, case, ck), Target(case.model)
+    order, looks = session.order(spec.task, marker), session.looks(spec.task, marker)
+    got: dict[str, Any] = {}
+
+    def at(n: int, alpha: float) -> Verdict:
+        ids = order[:n]
+        got["q_on"], got["q_off"] = (session.items(q_target, r, ids) for r in (on, off))
+        got["qv"] = [got[k].values(metric, ids) for k in ("q_on", "q_off")]
+        scores: dict[str, list[float]] = {}
+        if spec.max_delta is not None:
+            scores[f"max_delta {spec.max_delta:g}"] = bos_loss_scores(metric, *got["qv"], spec.max_delta)
+        if spec.max_extra_loss is not None:
+            got["bv"] = [session.items(b_target, r, ids).values(metric, ids) for r in (on, off)]
+            scores[f"max_extra_loss {spec.max_extra_loss:g}"] = bos_loss_scores(metric, *got["qv"], spec.max_extra_loss,
+                                                                                *got["bv"])
+        return combine(scores, alpha) if scores else Verdict(PASS)
+
+    verdict, n, taken = sequential(at, looks, session.settings.get("alpha", marker), lambda v: v.verdict)
+    structure = _bos_structure(got["q_on"].bos_prefix_counts, got["q_off"].bos_prefix_counts)
+    with_bos, without = (_point(metric, v) for v in got["qv"])
+    sign = 1 if higher_is_better(metric) else -1
+    loss = sign * (with_bos - without)
+    text = f"{metric} with BOS {with_bos:.4f}, without {without:.4f}, loss without BOS {loss:+.4f}"
+    if "bv" in got:
+        b_on, b_off = (_point(metric, v) for v in got["bv"])
+        text += f"; base loses {sign * (b_on - b_off):+.4f}"
+    inserted = got["q_on"].bos_prefix_counts.get("inserted", 0)
+    if inserted:
+        text += f"; the tokenizer added no BOS itself, pytest-quant prepended it to {inserted} prompts"
+    overall = FAIL if structure else verdict.verdict
+    message = f"{text}; " + ("FAIL: " + "; ".join(structure) if structure else _summary(verdict, n, taken))
+    if is_ratio(metric):
+        message += " (losses of perplexity metrics in nats per word/byte)"
+    return GateRow(case.model, case.scheme, spec.task, metric, overall, _resolve(session, overall), message,
+                   f"max_delta={spec.max_delta}, max_extra_loss={spec.max_extra_loss}, "
+                   f"alpha={session.settings.get('alpha', marker):g}", with_bos, None, None, n, taken, session.backend,
+                   "|".join([case.model, case.scheme, spec.task, metric, "bos-sensitivity"]),
+                   ck.manifest.get("seconds"), got["q_on"].seconds + got["q_off"].seconds,
+                   extra={"quantized_without_bos": without, "bos_loss": loss,
+                          "bos_prefix_counts": {"with": got["q_on"].bos_prefix_counts,
+                                                "without": got["q_off"].bos_prefix_counts}})
+
+
+def run_fidelity(session: QuantSession, case: Case) -> GateRow:
+    """KL and top-1 agreement per bundled prompt against the base, decided at --quant-alpha (one look)."""
+    s = session.settings
+    f = session.fidelity(case)
+    max_kl, min_top1, alpha = s.get("max_kl"), s.get("min_top1"), s.get("alpha")
+    decisions = {f"max_kl {max_kl:g}": decide([max_kl - x for x in f["per_prompt_kl"]], alpha),
+                 f"min_top1 {min_top1:g}": decide([x - min_top1 for x in f["per_prompt_top1"]], alpha)}
+    verdicts = {d.verdict for d in decisions.values()}
+    overall = FAIL if FAIL in verdicts else PASS if verdicts == {PASS} else UNDECIDED
+    v = Verdict(overall, decisions)
+    message = (f"KL {f['kl']:.4f} (max {max_kl:g}), top-1 agreement {f['top1_agreement']:.4f} (min {min_top1:g}) "
+               f"over {f['prompts']} prompts, {f['tokens']} tokens; {_summary(v, f['prompts'], 1)}")
+    return GateRow(case.model, case.scheme, "fidelity", "kl", overall, _resolve(session, overall), message,
+                   f"max_kl={max_kl:g}, min_top1={min_top1:g}, alpha={alpha:g}", f["kl"], None, None, f["prompts"], 1,
+                   "hf", extra={"top1_agreement": f["top1_agreement"], "tokens": f["tokens"]})
+

@@ -1,0 +1,104 @@
+"""The one result row every gate produces (markers, YAML items, the shipped suite), and how rows travel.
+
+A row is attached to its test's report as a user property, so it reaches the xdist controller, the JUnit
+XML, the terminal table and the JSON report. A quant test that fails or errors without a row gets an ERROR
+row with the reason, so no report can look clean while a test broke.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pytest
+
+from .stats import FAIL, PASS, UNDECIDED
+
+ERROR = "ERROR"
+ROW_PROPERTY = "quant_gate"
+ITEM_PROPERTY = "quant_item"  # marks a test as a quant test (with its model and scheme), for ERROR rows
+
+
+@dataclass
+class GateRow:
+    model: str
+    scheme: str
+    task: str
+    metric: str
+    verdict: str  # PASS, FAIL, UNDECIDED or ERROR
+    passed: bool  # what the test does with it (an UNDECIDED verdict follows --quant-undecided)
+    message: str
+    threshold: str = ""
+    quantized: float | None = None
+    base: float | None = None
+    recovery: float | None = None
+    n: int | None = None  # items (or tokens, prompts) the decision used
+    looks: int | None = None  # how many times the gate looked (evaluated more items) before deciding
+    backend: str | None = None
+    key: str | None = None  # baseline key
+    build_seconds: float | None = None
+    eval_seconds: float | None = None
+    nodeid: str | None = None
+    outcome: str | None = None  # passed, failed, xfailed or error: the test's, once known
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def error_row(nodeid: str, info: dict[str, Any], reason: str) -> GateRow:
+    return GateRow(info.get("model", "?"), info.get("scheme", "?"), info.get("task", "-"), "-", ERROR, False, reason,
+                   nodeid=nodeid, outcome="error")
+
+
+def record(item: pytest.Item, rows: list[GateRow]) -> None:
+    """Attach gate rows to the test report (so they travel from xdist workers and land in JUnit XML)."""
+    for r in rows:
+        r.nodeid = item.nodeid
+        item.user_properties.append((ROW_PROPERTY, r.as_dict()))
+        item.user_properties.append((f"quant_{r.task}_{r.metric}", r.quantized))
+
+
+def mark_quant_item(item: pytest.Item, info: dict[str, Any]) -> None:
+    """Say that ``item`` is a quant test, so that a failure without a gate row becomes an ERROR row."""
+    if not any(k == ITEM_PROPERTY for k, _ in item.user_properties):
+        item.user_properties.append((ITEM_PROPERTY, info))
+
+
+def _reason(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr or "")
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else "no message")[:500]
+
+
+class RowCollector:
+    """Gathers rows from test reports (on the xdist controller, from every worker), ERROR rows included."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.failed_tests: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        rows = [v for k, v in report.user_properties if k == ROW_PROPERTY]
+        outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+        if report.when == "call":
+            for r in rows:
+                r["outcome"] = outcome
+            self.rows.extend(rows)
+        if report.failed:
+            self.failed_tests.append(report.nodeid)
+            if ITEM_PROPERTY in props and not rows:
+                self.rows.append(error_row(report.nodeid, props[ITEM_PROPERTY],
+                                           f"{report.when}: {_reason(report)}").as_dict())
+
+
+def verdict_outcome(verdict: str, undecided: str) -> bool:
+    """Whether a gate passes its test: PASS does, FAIL does not, UNDECIDED as --quant-undecided says."""
+    if verdict == PASS:
+        return True
+    if verdict == UNDECIDED:
+        return undecided == "pass"
+    assert verdict in (FAIL, ERROR)
+    return False
