@@ -129,7 +129,8 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         loader, masks = padded_batches(dataset, batch, pad)
         with pad_masking(model, masks):
-            oneshot(model=model, dataset=loader, recipe=to_modifiers(recipe), max_seq_length=calib.max_seq_length)
+            oneshot(model=model, processor=tokenizer, dataset=loader, recipe=to_modifiers(recipe),
+                    max_seq_length=calib.max_seq_length)
     t2 = time.perf_counter()
     log(f"saving compressed-tensors checkpoint ({recipe.format})")
     model.save_pretrained(str(out), save_compressed=True)

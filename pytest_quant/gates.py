@@ -126,22 +126,32 @@ def bound_scores(metric: str, t: Threshold, q: Sequence[Value], b: Sequence[Valu
                 slack = math.log1p(t.max_drop / aggregate(metric, b)[0])  # type: ignore[arg-type]
             out[f"max_drop {t.max_drop:g}"] = [(lq - lb + wi * slack) / s for lq, lb, wi in zip(ll_q, ll_b, w)]
         return out
-    qv = [float(v) for v in q]
-    bv = [float(v) for v in b] if b is not None else None
     sign = 1.0 if higher else -1.0
+    rules: dict[str, Any] = {}
     if t.min_value is not None:
-        out[f"min_value {t.min_value:g}"] = [x - t.min_value for x in qv]
+        rules[f"min_value {t.min_value:g}"] = lambda x, y: x - t.min_value
     if t.max_value is not None:
-        out[f"max_value {t.max_value:g}"] = [t.max_value - x for x in qv]
+        rules[f"max_value {t.max_value:g}"] = lambda x, y: t.max_value - x
     if t.expected is not None:
         limit = t.expected * (1 - sign * (t.rtol or 0.0))
-        out[f"expected {t.expected:g} rtol {t.rtol or 0:g}"] = [sign * (x - limit) for x in qv]
-    if bv is not None and t.recovery is not None:
-        out[f"recovery {t.recovery:g}"] = ([x - t.recovery * y for x, y in zip(qv, bv)] if higher
-                                           else [y - t.recovery * x for x, y in zip(qv, bv)])
-    if bv is not None and t.max_drop is not None:
-        out[f"max_drop {t.max_drop:g}"] = [sign * (x - y) + t.max_drop for x, y in zip(qv, bv)]
+        rules[f"expected {t.expected:g} rtol {t.rtol or 0:g}"] = lambda x, y: sign * (x - limit)
+    if b is not None and t.recovery is not None:
+        rules[f"recovery {t.recovery:g}"] = ((lambda x, y: x - t.recovery * y) if higher
+                                             else (lambda x, y: y - t.recovery * x))
+    if b is not None and t.max_drop is not None:
+        rules[f"max_drop {t.max_drop:g}"] = lambda x, y: sign * (x - y) + t.max_drop
+    qv = [float(v) for v in q]
+    bv = [float(v) for v in b] if b is not None else [0.0] * len(qv)
+    for name, rule in rules.items():
+        out[name] = [rule(x, y) for x, y in zip(qv, bv)] + _pseudo(metric, rule)
     return out
+
+
+def _pseudo(metric: str, rule: Any) -> list[float]:
+    """Two pseudo-items for a metric bounded in [0, 1]: one disagreement each way (quantized right where the
+    base is wrong, and the reverse), as Agresti and Min add to a paired table, so that items that all agree
+    never make the interval zero-width."""
+    return [rule(1.0, 0.0), rule(0.0, 1.0)] if is_bounded(metric) else []
 
 
 def bos_loss_scores(metric: str, q_on: Sequence[Value], q_off: Sequence[Value], max_loss: float,
@@ -162,7 +172,8 @@ def bos_loss_scores(metric: str, q_on: Sequence[Value], q_off: Sequence[Value], 
         lb = loss(b_on, b_off)
         lq = [x - y for x, y in zip(lq, lb)]
     limit = max_loss * math.log(2) if metric.startswith("bits_per_byte") else max_loss
-    return [limit - x for x in lq]
+    pseudo = [limit + 1.0, limit - 1.0] if is_bounded(metric) else []  # one answer lost and one gained (see _pseudo)
+    return [limit - x for x in lq] + pseudo
 
 
 @dataclass

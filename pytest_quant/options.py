@@ -35,15 +35,15 @@ def _list(v: Any) -> list[str]:
     return [p.strip() for p in str(v).replace("\n", ",").split(",") if p.strip()]
 
 
-def _int(v: Any) -> int:
+def _int(v: Any, allowed: str = "an integer") -> int:
     if isinstance(v, bool):
-        raise ValueError("expected an integer")
+        raise ValueError(f"expected {allowed}")
     if isinstance(v, int):
         return v
     try:
         return int(str(v).strip())
     except ValueError:
-        raise ValueError("expected an integer") from None
+        raise ValueError(f"expected {allowed}") from None
 
 
 def _number(v: Any) -> float:
@@ -56,14 +56,14 @@ def _number(v: Any) -> float:
 
 
 def positive_int(v: Any) -> int:
-    n = _int(v)
+    n = _int(v, "a positive integer")
     if n < 1:
         raise ValueError("expected a positive integer")
     return n
 
 
 def non_negative_int(v: Any) -> int:
-    n = _int(v)
+    n = _int(v, "an integer >= 0")
     if n < 0:
         raise ValueError("expected an integer >= 0")
     return n
@@ -96,7 +96,7 @@ def non_negative(v: Any) -> float:
 def group_size(v: Any) -> int | str:
     if str(v).strip() == "auto":
         return "auto"
-    n = _int(v)
+    n = _int(v, "a positive integer, -1 (per channel) or 'auto'")
     if n == 0 or n < -1:
         raise ValueError("expected a positive integer, -1 (per channel) or 'auto'")
     return n

@@ -10,6 +10,8 @@ import pytest
 from . import gating
 from .baseline import Baseline, save_baseline
 from .build import Checkpoint
+from .calibration import check_jsonl
+from .checks import checkpoint_problems
 from .errors import QuantError, QuantUsageError
 from .hardware import why_skip
 from .markers import MARKERS, parse_markers
@@ -49,7 +51,12 @@ def _validate(settings: Settings, qs: QuantSession, config: pytest.Config) -> No
         qs.recipe(scheme)  # unknown scheme, bad group size, actorder, ...
     for model in settings.get("model"):
         resolve_model(model)
-    qs.cases()  # --quant-checkpoint directories: compressed-tensors, one base model
+    for case in qs.cases():  # --quant-checkpoint directories: compressed-tensors, readable, one base model
+        if case.checkpoint:
+            problems = checkpoint_problems(Path(case.checkpoint))
+            if problems:
+                raise QuantUsageError(f"--quant-checkpoint {case.checkpoint} cannot be evaluated: {problems[0]}"
+                                      + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
     qs.calibration()
     cache = settings.source("cache_dir")
     if cache and Path(cache[0]).exists() and not Path(cache[0]).is_dir():
@@ -59,9 +66,12 @@ def _validate(settings: Settings, qs: QuantSession, config: pytest.Config) -> No
         if found and not Path(found[0]).resolve().parent.is_dir():
             raise QuantUsageError(f"{found[1]}: the directory of {found[0]!r} does not exist")
     calibration = settings.get("calibration")
-    if calibration != "bundled" and Path(calibration).suffix in {".jsonl", ".json", ".parquet"} \
-            and not Path(calibration).expanduser().is_file():
-        raise QuantUsageError(f"calibration file {calibration!r} does not exist")
+    if calibration != "bundled" and Path(calibration).suffix in {".jsonl", ".json", ".parquet"}:
+        path = Path(calibration).expanduser()
+        if not path.is_file():
+            raise QuantUsageError(f"calibration file {calibration!r} does not exist")
+        if path.suffix == ".jsonl":
+            check_jsonl(path)
     for task in settings.get("task"):
         check_metric(task, settings.get("metric") or primary_metric(task))
     if settings.get("device") == "cuda":

@@ -253,13 +253,14 @@ class QuantYamlItem(pytest.Item):
         self.spec, self.task, self.metric = spec, task, metric
 
     @property
-    def session(self) -> Any:
+    def qs(self) -> Any:
+        """The pytest-quant session (``session`` is pytest's)."""
         from .plugin import SESSION
 
         return self.config.stash[SESSION]
 
     def skip_if_unsupported(self, scheme: str | None, gpus: int, backend: str) -> None:
-        qs = self.session
+        qs = self.qs
         reason = why_skip(qs.device, qs.backend, qs.backend_reason, scheme, (), gpus, backend)
         if reason:
             pytest.skip(reason)
@@ -289,7 +290,7 @@ class VllmItem(QuantYamlItem):
         from .session import Target
 
         gpus = (("eval_gpus", self.spec.tensor_parallel_size),)
-        cases = self.session.cases() if self.session.settings.get("checkpoint") else []
+        cases = self.qs.cases() if self.qs.settings.get("checkpoint") else []
         if cases:  # --quant-checkpoint: evaluate that checkpoint instead of model_name
             return Target(cases[0].model, cases[0].scheme, checkpoint=cases[0].checkpoint, gpus=gpus,
                           engine=_engine(self.spec))
@@ -298,11 +299,11 @@ class VllmItem(QuantYamlItem):
     def run(self) -> Any:
         c = self.spec
         apply_chat = c.apply_chat_template if c.apply_chat_template is not None else False
-        return self.session.run(self.task, {"num_fewshot": c.num_fewshot}, True, apply_chat, c.fewshot_as_multiturn,
+        return self.qs.run(self.task, {"num_fewshot": c.num_fewshot}, True, apply_chat, c.fewshot_as_multiturn,
                                 _gen_kwargs(c.gen_kwargs))
 
     def ids(self) -> list[int]:
-        return item_order(self.task, None)[:self.session.settings.get("limit", {"limit": self.spec.limit})]
+        return item_order(self.task, None)[:self.qs.settings.get("limit", {"limit": self.spec.limit})]
 
     def plan(self, qs: Any) -> None:
         qs.plan(self.target(), self.run(), self.ids())
@@ -312,7 +313,7 @@ class VllmItem(QuantYamlItem):
         from .gates import aggregate
 
         self.skip_if_unsupported(None, self.spec.tensor_parallel_size, self.spec.backend)
-        qs, ids = self.session, self.ids()
+        qs, ids = self.qs, self.ids()
         result = self.evaluate(lambda: qs.items(self.target(), self.run(), ids))
         measured = aggregate(self.metric, self.evaluate(lambda: result.values(self.metric, ids)))[0]
         rtol = self.spec.rtol
@@ -339,7 +340,7 @@ class LlmCompressorItem(QuantYamlItem):
     def case_target(self) -> Any:
         from .session import Target
 
-        c, qs = self.spec, self.session
+        c, qs = self.spec, self.qs
         gpus = (("build_gpus", c.build_gpus or c.num_gpus), ("eval_gpus", c.eval_gpus or c.num_gpus))
         cases = qs.cases() if qs.settings.get("checkpoint") else []
         if cases:  # --quant-checkpoint: gate that checkpoint instead of building one
@@ -353,7 +354,7 @@ class LlmCompressorItem(QuantYamlItem):
     def run(self) -> Any:
         lm = self.spec.lmeval
         bos = (lm.model_args or {}).get("add_bos_token", lm.add_bos_token)
-        return self.session.run(self.task, self.marker, bool(bos), lm.apply_chat_template, lm.fewshot_as_multiturn)
+        return self.qs.run(self.task, self.marker, bool(bos), lm.apply_chat_template, lm.fewshot_as_multiturn)
 
     def plan(self, qs: Any) -> None:
         from .session import Target
@@ -380,7 +381,7 @@ class LlmCompressorItem(QuantYamlItem):
         if target.scheme != c.scheme:
             pytest.skip(f"the checkpoint given ({target.scheme}) is not this config's scheme {c.scheme}")
         self.skip_if_unsupported(c.scheme, max(dict(target.gpus).values()), c.lmeval.model)
-        row = self.evaluate(lambda: yaml_recovery(self.session, target, self.run(), self.metric, self.threshold,
+        row = self.evaluate(lambda: yaml_recovery(self.qs, target, self.run(), self.metric, self.threshold,
                                                   self.marker))
         expected = (c.lmeval.metrics or {}).get(self.metric)
         if expected is not None and row.quantized is not None and row.quantized < expected * 0.95:

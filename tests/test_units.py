@@ -123,8 +123,8 @@ def test_paired_gates_on_zero_one_items() -> None:
 
 def test_pairing_decides_where_independent_samples_cannot() -> None:
     """The same difference of means; paired items that agree almost everywhere make it decidable."""
-    base = [1] * 70 + [0] * 30
-    q = [0] * 8 + [1] * 62 + [0] * 30  # 8 items lost, nothing else changed: recovery 0.886
+    base = [1] * 140 + [0] * 60
+    q = [0] * 16 + [1] * 124 + [0] * 60  # 16 items lost, nothing else changed: recovery 0.886
     d = combine(bound_scores("acc", Threshold(recovery=0.95), q, base), 0.05).decisions["recovery 0.95"]
     independent_se = (aggregate("acc", q)[1] ** 2 + (0.95 * aggregate("acc", base)[1]) ** 2) ** 0.5
     assert d.verdict == FAIL and d.se < independent_se / 2
@@ -285,7 +285,7 @@ def test_baseline_roundtrip_merge_and_regression(tmp_path: Path) -> None:
     save_baseline(path, [other], overwrite=True)
     assert set(Baseline.load(path).entries) == {ROW["key"], other["key"]}  # merged, nothing dropped
     b = Baseline.load(path)
-    v, text = b.compare(ROW["key"], "acc", 0.69, 0.02, ROW["extra"]["settings"], {"lm_eval": "0.4.13"}, 0.05, 0.05)
+    v, text = b.compare(ROW["key"], "acc", 0.75, 0.02, ROW["extra"]["settings"], {"lm_eval": "0.4.13"}, 0.05, 0.05)
     assert v == PASS and "library versions differ" not in text
     v, text = b.compare(ROW["key"], "acc", 0.55, 0.02, {"items": 60, "backend": "vllm"}, {"lm_eval": "0.5"}, 0.05, 0.05)
     assert v == FAIL and "settings differ from the baseline's: items 250 -> 60" in text

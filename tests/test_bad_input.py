@@ -1,0 +1,119 @@
+"""Every bad value a user can type: exit 4 (a usage error) and one line that names it, never a traceback.
+
+Each case runs a real pytest session (no fakes: the configure-time checks, the vLLM probe and the store are
+the real ones) on a one-test project; docs/RELIABILITY.md lists the same table.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+TEST = "def test_a(quantized_checkpoint):\n    pass\n"
+
+
+def broken_python(root: Path) -> str:
+    path = root / "broken-python"
+    path.write_text(f"#!{sys.executable}\nimport sys\nprint(\"ModuleNotFoundError: No module named 'vllm'\", "
+                    "file=sys.stderr)\nsys.exit(1)\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def setup_files(root: Path) -> dict[str, str]:
+    """Files some cases point at: a file where a directory belongs, calibration files, checkpoints."""
+    (root / "afile").write_text("x")
+    (root / "empty.jsonl").write_text("\n")
+    (root / "broken.jsonl").write_text('{"text": "fine"}\n{"text": "unterminated\n')
+    (root / "nofield.jsonl").write_text('{"prompt": "x"}\n')
+    plain = root / "plain-model"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    quantized = root / "quantized-model"
+    quantized.mkdir()
+    (quantized / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {
+        "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
+        "config_groups": {"group_0": {"weights": {"num_bits": 4, "type": "int"}}}}}))
+    (quantized / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")  # truncated header
+    return {"afile": str(root / "afile"), "empty": str(root / "empty.jsonl"), "broken": str(root / "broken.jsonl"),
+            "nofield": str(root / "nofield.jsonl"), "plain": str(plain), "quantized": str(quantized),
+            "broken_python": broken_python(root)}
+
+
+# (id, command-line arguments, environment, ini lines, the message's words)
+CASES = [
+    ("limit-negative", ["--quant-limit", "-5"], {}, "", "--quant-limit: bad value '-5' for limit: expected a positive integer"),
+    ("limit-zero", ["--quant-limit", "0"], {}, "", "--quant-limit: bad value '0' for limit: expected a positive integer"),
+    ("fewshot-negative", ["--quant-num-fewshot", "-1"], {}, "", "bad value '-1' for num_fewshot: expected an integer >= 0"),
+    ("group-size-word", ["--quant-group-size", "abc"], {}, "", "bad value 'abc' for group_size: expected a positive integer, -1"),
+    ("group-size-zero", ["--quant-group-size", "0"], {}, "", "for group_size: expected a positive integer, -1"),
+    ("samples-zero", ["--quant-num-samples", "0"], {}, "", "bad value '0' for num_samples: expected a positive integer"),
+    ("timeout-word", ["--quant-eval-timeout", "abc"], {}, "", "bad value 'abc' for eval_timeout: expected a number"),
+    ("vllm-python-missing", ["--quant-vllm-python", "/no/such/python"], {}, "",
+     "vLLM interpreter '/no/such/python' does not exist"),
+    ("vllm-python-broken", ["--quant-vllm-python", "{broken_python}"], {}, "", "is not usable (ModuleNotFoundError"),
+    ("vllm-without-interpreter", ["--quant-backend", "vllm"], {}, "", "--quant-backend vllm needs the vLLM environment's"),
+    ("no-cacheprovider", ["-p", "no:cacheprovider"], {}, "", "pass --quant-cache-dir DIR (or set QUANT_CACHE_DIR)"),
+    ("cache-dir-is-a-file", ["--quant-cache-dir", "{afile}"], {}, "", "exists and is not a directory"),
+    ("scheme", ["--quant-scheme", "W3A5"], {}, "", "unknown scheme 'W3A5'; choose one of W4A16, W8A16, W8A8"),
+    ("model-name", ["--quant-model", "no-such-model"], {}, "", "unknown model 'no-such-model'"),
+    ("model-path", ["--quant-model", "./missing/dir"], {}, "", "model path './missing/dir' does not exist"),
+    ("model-already-quantized", ["--quant-model", "{quantized}"], {}, "",
+     "is already quantized (compressed-tensors, format pack-quantized): pass it as --quant-checkpoint"),
+    ("backend", ["--quant-backend", "tpu"], {}, "", "bad value 'tpu' for backend: expected one of auto, vllm, hf"),
+    ("baseline-missing", ["--quant-baseline", "missing.json"], {}, "", "baseline file missing.json does not exist"),
+    ("env-limit", [], {"QUANT_LIMIT": "many"}, "", "QUANT_LIMIT: bad value 'many' for limit: expected a positive integer"),
+    ("ini-alpha", [], {}, "quant_alpha = 2", "ini quant_alpha: bad value '2' for alpha: expected a number in (0, 0.5)"),
+    ("alpha-zero", ["--quant-alpha", "0"], {}, "", "bad value '0' for alpha: expected a number in (0, 0.5)"),
+    ("undecided", ["--quant-undecided", "maybe"], {}, "", "bad value 'maybe' for undecided: expected one of fail, pass, xfail"),
+    ("max-items", ["--quant-max-items", "-1"], {}, "", "bad value '-1' for max_items: expected a positive integer"),
+    ("item-seed", ["--quant-item-seed", "x"], {}, "", "bad value 'x' for item_seed: expected an integer >= 0"),
+    ("calibration-missing", ["--quant-calibration", "missing.jsonl"], {}, "", "calibration file 'missing.jsonl' does not exist"),
+    ("calibration-empty", ["--quant-calibration", "{empty}"], {}, "", "empty.jsonl has no rows"),
+    ("calibration-broken-line", ["--quant-calibration", "{broken}"], {}, "", "broken.jsonl, line 2: not valid JSON"),
+    ("calibration-no-field", ["--quant-calibration", "{nofield}"], {}, "",
+     "nofield.jsonl, line 1: needs a 'messages' (chat) or 'text' field; it has prompt"),
+    ("batch-size", ["--quant-calibration-batch-size", "0"], {}, "", "bad value '0' for calibration_batch_size"),
+    ("actorder", ["--quant-actorder", "random"], {}, "", "bad value 'random' for actorder: expected one of static"),
+    ("dampening", ["--quant-dampening-frac", "1.5"], {}, "", "bad value '1.5' for dampening_frac: expected a number in (0, 1)"),
+    ("task", ["--quant-task", "no_such_task"], {}, "", "unknown lm-eval task 'no_such_task'"),
+    ("metric", ["--quant-metric", "accuracy"], {}, "", "task 'quant_facts' has no metric 'accuracy'; it gives acc, acc_norm"),
+    ("checkpoint-not-quantized", ["--quant-checkpoint", "{plain}"], {}, "",
+     "plain-model is not a compressed-tensors checkpoint (quant_method None)"),
+    ("checkpoint-truncated", ["--quant-checkpoint", "{quantized}"], {}, "",
+     "cannot be evaluated: model.safetensors is unreadable"),
+    ("report-dir", ["--quant-report", "/no/such/dir/report.json"], {}, "", "the directory of '/no/such/dir/report.json' does not exist"),
+    ("device", ["--quant-device", "tpu"], {}, "", "bad value 'tpu' for device: expected one of auto, cpu, cuda"),
+    ("recovery", ["--quant-recovery", "2"], {}, "", "bad value '2' for recovery: expected a number in (0, 1.5]"),
+    ("build-gpus", ["--quant-build-gpus", "0"], {}, "", "bad value '0' for build_gpus: expected a positive integer"),
+    ("min-top1", ["--quant-min-top1", "1.5"], {}, "", "bad value '1.5' for min_top1: expected a number in [0, 1]"),
+    ("env-flag", [], {"QUANT_REBUILD": "maybe"}, "", "QUANT_REBUILD: bad value 'maybe' for rebuild: expected true or false"),
+    ("profile", ["--quant-profile", "huge"], {}, "", "bad value 'huge' for profile: expected one of guide, ci"),
+]
+
+
+@pytest.mark.parametrize("args, env, ini, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_value_is_exit_4_and_one_line(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                          env: dict[str, str], ini: str, message: str) -> None:
+    for name in ("QUANT_VLLM_PYTHON", "QUANT_CACHE_DIR", "QUANT_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    files = setup_files(pytester.path)
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile(test_a=TEST)
+    r = pytester.runpytest_subprocess(*[a.format(**files) for a in args])
+    err = r.stderr.str()
+    assert r.ret == pytest.ExitCode.USAGE_ERROR, r.stdout.str() + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ERROR: pytest-quant: "), err
+    assert message.format(**files) in lines[0]
+    assert "Traceback" not in err + r.stdout.str() and "INTERNALERROR" not in err + r.stdout.str()
+
+
+def test_the_table_has_at_least_25_cases() -> None:
+    assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)

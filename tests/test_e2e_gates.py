@@ -1,0 +1,90 @@
+"""Gates on real checkpoints of the bundled model (vLLM's CPU build, CI profile), through the shipped suite.
+
+A regression fails, a good checkpoint passes, a damaged one fails every gate, and a checkpoint built
+elsewhere can be gated with --quant-checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pytest_quant.build import Checkpoint, build_checkpoint
+from pytest_quant.recipes import RecipeSpec
+from pytest_quant.store import Store
+
+from .conftest import CI_CALIBRATION, MODEL
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def checkpoints(store: Store) -> dict[str, Checkpoint]:
+    return {s: build_checkpoint(MODEL, RecipeSpec(s, group_size="auto"), CI_CALIBRATION, store) for s in ("W4A16", "W8A8")}
+
+
+def suite(pytester: pytest.Pytester, store: Store, vllm_python: str, *args: str) -> tuple[pytest.RunResult, dict]:
+    """Run the shipped suite (CI profile, vLLM) and return its result and JSON report."""
+    r = pytester.runpytest_subprocess(
+        "--pyargs", "pytest_quant.suite", "--quant-profile", "ci", "--quant-group-size", "auto",
+        "--quant-backend", "vllm", "--quant-vllm-python", vllm_python, "--quant-cache-dir", str(store.root),
+        "--quant-report", "report.json", "-p", "no:randomly", "-p", "no:cacheprovider", *args)
+    return r, json.loads((pytester.path / "report.json").read_text())
+
+
+def gates(report: dict, scheme: str | None = None) -> dict[str, dict]:
+    return {f"{g['task']}:{g['metric']}:{'bos' if g['key'] and 'bos-sensitivity' in g['key'] else 'acc'}": g
+            for g in report["gates"] if scheme is None or g["scheme"] == scheme}
+
+
+def test_w4a16_regression_fails_and_w8a8_passes(pytester: pytest.Pytester, store: Store, vllm_python: str,
+                                                checkpoints) -> None:
+    r, report = suite(pytester, store, vllm_python, "-k", "accuracy")
+    w4 = gates(report, "W4A16")["quant_facts:acc:acc"]
+    w8 = gates(report, "W8A8")["quant_facts:acc:acc"]
+    assert w4["verdict"] in ("FAIL", "UNDECIDED") and not w4["passed"] and w4["n"] <= 250, w4["message"]
+    assert w8["verdict"] == "PASS" and w8["passed"], w8["message"]
+    r.assert_outcomes(passed=1, failed=1)
+    assert report["passed"] is False
+
+
+def damage(src: Path, dst: Path, seed: int = 0) -> None:
+    """Copy a checkpoint and multiply every weight scale by a random factor in [0.3, 1.7]."""
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    g = torch.Generator().manual_seed(seed)
+    for k, v in tensors.items():
+        if k.endswith("weight_scale"):
+            tensors[k] = (v.float() * torch.empty(v.shape).uniform_(0.3, 1.7, generator=g)).to(v.dtype)
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_damaged_checkpoint_fails_every_gate(pytester: pytest.Pytester, store: Store, vllm_python: str,
+                                             checkpoints, tmp_path: Path) -> None:
+    damaged = tmp_path / "w8a8-damaged"
+    damage(checkpoints["W8A8"].path, damaged)
+    r, report = suite(pytester, store, vllm_python, "--quant-checkpoint", str(damaged),
+                      "--quant-task", "quant_facts", "--quant-task", "quant_text", "-k", "accuracy or fidelity")
+    rows = gates(report)
+    assert set(rows) == {"quant_facts:acc:acc", "quant_text:word_perplexity:acc", "fidelity:kl:acc"}, rows
+    for name, g in rows.items():
+        assert g["verdict"] == "FAIL" and not g["passed"], (name, g["message"])
+    r.assert_outcomes(failed=3)
+
+
+def test_a_checkpoint_built_elsewhere_is_gated_as_given(pytester: pytest.Pytester, store: Store, vllm_python: str,
+                                                       checkpoints, tmp_path: Path) -> None:
+    given = tmp_path / "my-w8a8"
+    shutil.copytree(checkpoints["W8A8"].path, given)
+    (given / "manifest.json").unlink()
+    r, report = suite(pytester, store, vllm_python, "--quant-checkpoint", str(given), "-k", "accuracy or structure",
+                      "--quant-item-seed", "1")  # a different subset of items than the default seed's
+    (g,) = report["gates"]
+    assert (g["scheme"], g["verdict"], g["passed"]) == ("W8A8", "PASS", True), g["message"]
+    r.assert_outcomes(passed=2)
+    assert "test_accuracy[quant_facts-smollm2-135m-instruct-my-w8a8]" in r.stdout.str() or r.ret == 0
