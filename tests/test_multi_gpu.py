@@ -9,7 +9,7 @@ import pytest
 
 from pytest_quant.distributed import torchrun_command
 from pytest_quant.errors import QuantUsageError
-from pytest_quant.evaluate import _model_args
+from pytest_quant.evaluate import model_args
 from pytest_quant.hardware import Device, skip_reason
 from pytest_quant.options import Settings
 from pytest_quant.yaml_items import parse_config
@@ -25,10 +25,10 @@ def test_build_gpus_become_a_torchrun_of_llmcompressor_distributed_oneshot() -> 
 
 
 def test_eval_gpus_become_tensor_parallel_or_parallelize() -> None:
-    assert _model_args("vllm", Path("m"), "cuda", 4, False)["tensor_parallel_size"] == 4
-    assert "tensor_parallel_size" not in _model_args("vllm", Path("m"), "cuda", 1, False)
-    assert _model_args("hf", Path("m"), "cuda", 2, False)["parallelize"] is True
-    assert "parallelize" not in _model_args("hf", Path("m"), "cuda", 1, False)
+    assert model_args("vllm", Path("m"), "cuda", 4, False)["tensor_parallel_size"] == 4
+    assert "tensor_parallel_size" not in model_args("vllm", Path("m"), "cuda", 1, False)
+    assert model_args("hf", Path("m"), "cuda", 2, False)["parallelize"] is True
+    assert "parallelize" not in model_args("hf", Path("m"), "cuda", 1, False)
 
 
 def test_gpu_options_resolve_like_every_other() -> None:
