@@ -19,14 +19,11 @@ from .models import resolve_model
 from .options import Settings, add_options
 from .recipes import RecipeSpec
 from .report import table, write_report
-from .rows import RowCollector, mark_quant_item, record
+from .rows import RowCollector, conclude, mark_quant_item
 from .session import Case, QuantSession
+from .stash import BASELINE, COLLECTOR, SESSION, SPECS
 from .tasks import check_metric, primary_metric
 
-SESSION = pytest.StashKey[QuantSession]()
-BASELINE = pytest.StashKey["Baseline | None"]()
-COLLECTOR = pytest.StashKey[RowCollector]()
-SPECS = pytest.StashKey[dict]()  # an item's parsed markers, from collection to its run
 CASE_FIXTURES = {"quant_case", "quantized_checkpoint", "quant_scheme", "quant_recipe"}
 MODEL_FIXTURES = {"quant_model_id", "quant_base_model", "calibration_dataset"}
 
@@ -184,19 +181,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(f"pytest-quant: {e}") from None
 
 
-def conclude(item: pytest.Item, rows: list[Any]) -> None:
-    """Record ``rows`` on the test and fail or xfail it as their verdicts say."""
-    record(item, rows)
-    failed = [r.message for r in rows if not r.passed]
-    if not failed:
-        return
-    text = "\n  ".join(f"{r.task} {r.metric}: {r.message}" for r in rows if not r.passed)
-    if all(r.verdict == "UNDECIDED" for r in rows if not r.passed) and \
-            _session(item.config).settings.get("undecided") == "xfail":
-        pytest.xfail(f"quantization gate undecided:\n  {text}")
-    pytest.fail(f"quantization gate failed:\n  {text}", pytrace=False)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     result = yield
@@ -211,7 +195,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         rows += [gating.run_bos(qs, s, case, ck) for s in specs["quant_bos"]]
     except QuantError as e:
         pytest.fail(f"pytest-quant: {e}", pytrace=False)
-    conclude(item, rows)
+    conclude(item, rows, qs.settings.get("undecided"))
     return result
 
 

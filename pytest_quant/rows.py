@@ -94,6 +94,18 @@ class RowCollector:
                                            f"{report.when}: {_reason(report)}").as_dict())
 
 
+def conclude(item: pytest.Item, rows: list[GateRow], undecided: str) -> None:
+    """Record ``rows`` on the test and fail it (or xfail it, for UNDECIDED with ``undecided='xfail'``)."""
+    record(item, rows)
+    failed = [r for r in rows if not r.passed]
+    if not failed:
+        return
+    text = "\n  ".join(f"{r.task} {r.metric}: {r.message}" for r in failed)
+    if undecided == "xfail" and all(r.verdict == UNDECIDED for r in failed):
+        pytest.xfail(f"quantization gate undecided:\n  {text}")
+    pytest.fail(f"quantization gate failed:\n  {text}", pytrace=False)
+
+
 def verdict_outcome(verdict: str, undecided: str) -> bool:
     """Whether a gate passes its test: PASS does, FAIL does not, UNDECIDED as --quant-undecided says."""
     if verdict == PASS:

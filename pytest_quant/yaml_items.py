@@ -25,9 +25,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import QuantError, QuantUsageError
-from .gates import Threshold, isclose
+from .gates import Threshold, aggregate, isclose
+from .gating import yaml_recovery
 from .hardware import why_skip
-from .rows import GateRow
+from .rows import GateRow, conclude
+from .stash import SESSION
 from .stats import FAIL, PASS
 from .tasks import check_metric, item_order, task_metrics
 
@@ -255,8 +257,6 @@ class QuantYamlItem(pytest.Item):
     @property
     def qs(self) -> Any:
         """The pytest-quant session (``session`` is pytest's)."""
-        from .plugin import SESSION
-
         return self.config.stash[SESSION]
 
     def skip_if_unsupported(self, scheme: str | None, gpus: int, backend: str) -> None:
@@ -309,9 +309,6 @@ class VllmItem(QuantYamlItem):
         qs.plan(self.target(), self.run(), self.ids())
 
     def runtest(self) -> None:
-        from .plugin import conclude
-        from .gates import aggregate
-
         self.skip_if_unsupported(None, self.spec.tensor_parallel_size, self.spec.backend)
         qs, ids = self.qs, self.ids()
         result = self.evaluate(lambda: qs.items(self.target(), self.run(), ids))
@@ -323,7 +320,7 @@ class VllmItem(QuantYamlItem):
                    f"{PASS if ok else FAIL}")
         conclude(self, [GateRow(self.spec.model_name, "as-is", self.task, self.metric, PASS if ok else FAIL, ok,
                                 message, f"expected={self.expected:g}, rtol={rtol:g}", measured, None, None, len(ids),
-                                1, result.backend, eval_seconds=result.seconds)])
+                                1, result.backend, eval_seconds=result.seconds)], qs.settings.get("undecided"))
 
 
 class LlmCompressorItem(QuantYamlItem):
@@ -372,9 +369,6 @@ class LlmCompressorItem(QuantYamlItem):
             pytest.skip(f"cadence {cadence!r} does not include CADENCE={wanted!r} (llm-compressor's rule)")
 
     def runtest(self) -> None:
-        from .plugin import conclude
-        from .gating import yaml_recovery
-
         c = self.spec
         self._cadence()
         target = self.case_target()
@@ -389,7 +383,7 @@ class LlmCompressorItem(QuantYamlItem):
                     "not a failure, as in llm-compressor")
             warnings.warn(f"{self.path.name}: {note}", stacklevel=1)
             row.message += f"; {note}"
-        conclude(self, [row])
+        conclude(self, [row], self.qs.settings.get("undecided"))
 
 
 class YamlGateError(Exception):

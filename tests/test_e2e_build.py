@@ -117,8 +117,14 @@ def test_two_xdist_workers_build_once_and_builds_are_bit_identical(pytester: pyt
     assert sorted(s["cached"] for s in seen) == [False, True]
     assert seen[0]["build_id"] == seen[1]["build_id"]
     assert len(list((cache / "checkpoints").glob("[0-9a-f]*[!k]"))) == 1
-    # Determinism: the same inputs built again in another store, with the workers' thread count (one each
-    # of two cores), give the same bytes. (A different thread count changes float summation order.)
+    # The thread count is part of the key: float sums run in another order with another thread count, so a
+    # serial build (two threads here) is another checkpoint than the workers' (one thread each).
+    (entry,) = [p for p in (cache / "checkpoints").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    material = json.loads((entry / "manifest.json").read_text())["material"]
+    assert material["threads"] == 1
+    assert Store(cache).key({**material, "threads": 2}) != entry.name
+    # Determinism: the same inputs built again in another store, with the workers' thread count, give the
+    # same bytes.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -128,3 +134,18 @@ def test_two_xdist_workers_build_once_and_builds_are_bit_identical(pytester: pyt
         torch.set_num_threads(threads)
     assert not other.cached
     assert other.manifest["files"] == seen[0]["files"]
+
+
+def test_batched_calibration_keeps_fidelity(store: Store) -> None:
+    """Batch 4 (padded, masked) against batch 1 on the real model: KL within 10%, top-1 within 0.02."""
+    from pytest_quant.fidelity import fidelity
+
+    base = materialize(resolve_model(MODEL), store)[0]
+    one = build_checkpoint(MODEL, RecipeSpec("W4A16", group_size="auto"), CI_CALIBRATION, store)
+    four = build_checkpoint(MODEL, RecipeSpec("W4A16", group_size="auto"),
+                            CalibrationSpec("bundled", CI_CALIBRATION.num_samples, CI_CALIBRATION.max_seq_length, 4),
+                            store)
+    assert four.manifest["info"]["batch_size"] == 4 and four.key != one.key
+    f1, f4 = fidelity(base, one.path, store), fidelity(base, four.path, store)
+    assert abs(f4["kl"] - f1["kl"]) <= 0.10 * f1["kl"], (f1["kl"], f4["kl"])
+    assert abs(f4["top1_agreement"] - f1["top1_agreement"]) <= 0.02, (f1["top1_agreement"], f4["top1_agreement"])

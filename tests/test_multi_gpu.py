@@ -39,14 +39,13 @@ def test_gpu_options_resolve_like_every_other() -> None:
 
 
 def test_yaml_gpu_fields() -> None:
-    (v,) = parse_config({"model_name": "m", "tensor_parallel_size": 4,
-                         "tasks": [{"name": "t", "metrics": [{"name": "acc", "value": 0.5}]}]})
-    assert v.gpus == {"eval_gpus": 4}
-    (c,) = parse_config({"model": "m", "scheme": "W4A16", "build_gpus": 2, "eval_gpus": 2,
-                         "lmeval": {"task": "t", "metrics": {"acc": 0.5}}})
-    assert c.gpus == {"build_gpus": 2, "eval_gpus": 2}
-    with pytest.raises(QuantUsageError, match="build_gpus: expected int"):
-        parse_config({"model": "m", "scheme": "W4A16", "build_gpus": "two", "lmeval": {"task": "t", "metrics": {"acc": 0.5}}})
+    v = parse_config({"model_name": "m", "tensor_parallel_size": 4, "limit": 10, "num_fewshot": 0,
+                      "tasks": [{"name": "quant_facts", "metrics": [{"name": "acc", "value": 0.5}]}]})
+    assert v.tensor_parallel_size == 4
+    c = parse_config({"model": "m", "scheme": "W4A16", "num_gpus": 2, "build_gpus": 4, "lmeval": {"task": "quant_facts"}})
+    assert (c.num_gpus, c.build_gpus, c.eval_gpus) == (2, 4, None)
+    with pytest.raises(QuantUsageError, match="build_gpus: Input should be a valid integer"):
+        parse_config({"model": "m", "scheme": "W4A16", "build_gpus": "two", "lmeval": {"task": "quant_facts"}})
 
 
 def test_gpu_count_and_memory_skips() -> None:

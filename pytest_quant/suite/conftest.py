@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_quant.plugin import SESSION
+from pytest_quant.stash import SESSION
 from pytest_quant.tasks import primary_metric
 
 

@@ -8,7 +8,7 @@ from pytest_quant.build import Checkpoint
 from pytest_quant.checks import checkpoint_problems, generate
 from pytest_quant.gating import run_fidelity
 from pytest_quant.hardware import SUPPORT
-from pytest_quant.plugin import conclude
+from pytest_quant.rows import conclude
 from pytest_quant.session import Case, QuantSession, Target
 
 
@@ -36,7 +36,7 @@ def test_bos_sensitivity(quantized_checkpoint: Checkpoint, suite_task: str) -> N
 
 def test_fidelity(request: pytest.FixtureRequest, quant_session: QuantSession, quant_case: Case) -> None:
     """Next-token distributions stay close to the base model's (KL and top-1 agreement per prompt)."""
-    conclude(request.node, [run_fidelity(quant_session, quant_case)])
+    conclude(request.node, [run_fidelity(quant_session, quant_case)], quant_session.settings.get("undecided"))
 
 
 def test_vllm_kernel(quant_session: QuantSession, quant_case: Case) -> None:

@@ -1,0 +1,15 @@
+"""Where pytest-quant keeps its state on pytest's config, for the plugin, YAML items and the shipped suite."""
+
+from __future__ import annotations
+
+import pytest
+
+from .baseline import Baseline
+from .rows import RowCollector
+from .session import QuantSession
+
+SESSION = pytest.StashKey[QuantSession]()
+BASELINE = pytest.StashKey["Baseline | None"]()
+COLLECTOR = pytest.StashKey[RowCollector]()
+SPECS = pytest.StashKey[dict]()  # an item's parsed markers, from collection to its run
+
