@@ -2,7 +2,8 @@
 
     .venvs/quant/bin/python scripts/measure_metrics.py [--backends vllm,hf] [--out docs/metrics.json]
 
-Evaluation settings are the guide profile's (5-shot, limit 250; quant_text 0-shot, 200 documents).
+Evaluation settings are the guide profile's (5-shot, the first 250 items of each task's default item order;
+quant_text 0-shot, 200 documents).
 Prints a Markdown table (the one in docs/EVALUATION.md) and writes the raw numbers as JSON.
 """
 
@@ -16,10 +17,11 @@ from pathlib import Path
 from pytest_quant.build import build_checkpoint
 from pytest_quant.calibration import CalibrationSpec
 from pytest_quant.evaluate import EvalRun, evaluate
+from pytest_quant.gates import aggregate
 from pytest_quant.models import materialize, resolve_model
 from pytest_quant.recipes import RecipeSpec
 from pytest_quant.store import Store
-from pytest_quant.tasks import primary_metric
+from pytest_quant.tasks import item_order, primary_metric
 
 MODEL = "smollm2-135m-instruct"
 
@@ -31,23 +33,24 @@ def main() -> None:
     ap.add_argument("--hf-arith-limit", type=int, default=100, help="generation is slow with transformers on a CPU")
     args = ap.parse_args()
     store = Store(os.environ.get("QUANT_CACHE_DIR", ".quant-cache"))
-    base_path, base_id = materialize(resolve_model(MODEL), store)
-    targets = {"base": (base_path, {"base": base_id})}
+    targets = {"base": materialize(resolve_model(MODEL), store)[0]}
     for scheme in ("W4A16", "W8A8"):
-        ck = build_checkpoint(MODEL, RecipeSpec(scheme, group_size="auto"), CalibrationSpec("bundled", 32, 256), store)
-        targets[scheme] = (ck.path, {"checkpoint": ck.key})
+        targets[scheme] = build_checkpoint(MODEL, RecipeSpec(scheme, group_size="auto"),
+                                           CalibrationSpec("bundled", 32, 256), store).path
     rows = []
     for backend in args.backends.split(","):
-        runs = [EvalRun("quant_facts", 5, 250), EvalRun("quant_text", 0, 200),
-                EvalRun("quant_arith", 5, 250 if backend == "vllm" else args.hf_arith_limit)]
-        for name, (path, ident) in targets.items():
-            res = evaluate(path, ident, runs, store, backend=backend, vllm_python=os.environ.get("QUANT_VLLM_PYTHON"),
+        arith = 250 if backend == "vllm" else args.hf_arith_limit
+        runs = {EvalRun("quant_facts", 5): item_order("quant_facts", 0)[:250],
+                EvalRun("quant_text", 0): item_order("quant_text", 0)[:200],
+                EvalRun("quant_arith", 5): item_order("quant_arith", 0)[:arith]}
+        for name, path in targets.items():
+            res = evaluate(path, runs, store, backend=backend, vllm_python=os.environ.get("QUANT_VLLM_PYTHON"),
                            label=name)
             for run, r in res.items():
                 metric = primary_metric(run.task)
-                m = r.metrics[metric]
-                rows.append({"backend": backend, "model": name, "task": run.task, "metric": metric, "value": m["value"],
-                             "stderr": m["stderr"], "n": r.n, "fewshot": run.num_fewshot, "seconds": r.seconds,
+                value, stderr = aggregate(metric, r.values(metric, runs[run]))
+                rows.append({"backend": backend, "model": name, "task": run.task, "metric": metric, "value": value,
+                             "stderr": stderr, "n": len(runs[run]), "fewshot": run.num_fewshot, "seconds": r.seconds,
                              "kernels": r.kernels})
     Path(args.out).write_text(json.dumps(rows, indent=2))
     print("| backend | task | metric | n | base | W4A16 | W8A8 |")
