@@ -8,6 +8,11 @@
    `lm_eval --model vllm` command per task and variant: wall time and vLLM engine starts.
 3. the gate suite cold (empty store) vs warm (everything cached).
 4. the gate suite for two schemes with `pytest -n 2` vs serially, each from an empty store.
+5. gates: items each gate evaluates with looks (60, 120, 250; the CI profile) vs one fixed look at the budget
+   (250 items), and whether the verdicts agree: on the real checkpoints' per-item results (quant_facts, 0-shot,
+   vLLM) and on 1000 simulated runs per true recovery (pytest_quant.power).
+6. calibration batch size on the CPU: the plugin's W4A16 build (CI profile) at batch 1, 4 and 8, with KL and
+   top-1 against the base (benchmarks/batching.py).
 """
 
 from __future__ import annotations
@@ -63,14 +68,55 @@ build_checkpoint("smollm2-135m-instruct", RecipeSpec("W4A16", group_size=64), Ca
 '''
 
 PLUGIN_EVAL = r'''
-import json, sys
+import logging, sys
 from pathlib import Path
 from pytest_quant.evaluate import EvalRun, evaluate
 from pytest_quant.store import Store
-runs = [EvalRun(t, limit=60, add_bos_token=b) for t in ("quant_facts", "quant_arith") for b in (True, False)]
-res = evaluate(Path(sys.argv[1]), {"bench": sys.argv[1]}, runs, Store(sys.argv[2]), backend="vllm",
-               vllm_python=sys.argv[3], rebuild=True)
-print(json.dumps({f"{r.task}/bos={r.add_bos_token}": v.metrics for r, v in res.items()}))
+logging.basicConfig(level=logging.INFO)
+runs = {EvalRun(t, add_bos_token=b): list(range(60)) for t in ("quant_facts", "quant_arith") for b in (True, False)}
+evaluate(Path(sys.argv[1]), runs, Store(sys.argv[2]), backend="vllm", vllm_python=sys.argv[3], rebuild=True)
+'''
+
+GATES = r'''
+import json, sys
+from pytest_quant.build import build_checkpoint
+from pytest_quant.calibration import CalibrationSpec
+from pytest_quant.evaluate import EvalRun, evaluate
+from pytest_quant.gates import Threshold, bos_loss_scores, bound_scores, combine
+from pytest_quant.models import materialize, resolve_model
+from pytest_quant.options import PROFILES
+from pytest_quant.power import rates
+from pytest_quant.stats import decide, plan_looks, sequential
+from pytest_quant.store import Store
+from pytest_quant.recipes import RecipeSpec
+from pytest_quant.tasks import item_order
+ci = PROFILES["ci"]
+store, vllm = Store(sys.argv[1]), sys.argv[2]
+ids = item_order("quant_facts", 0)[:ci["max_items"]]
+on, off = EvalRun("quant_facts"), EvalRun("quant_facts", add_bos_token=False)
+paths = {"base": materialize(resolve_model("smollm2-135m-instruct"), store)[0]}
+for s in ("W4A16", "W8A8"):
+    paths[s] = build_checkpoint("smollm2-135m-instruct", RecipeSpec(s, group_size="auto"), CalibrationSpec("bundled", 32, 256),
+                                store).path
+vals = {k: {r: v.values("acc", ids) for r, v in evaluate(p, {on: ids, off: ids}, store, backend="vllm", vllm_python=vllm).items()}
+        for k, p in paths.items()}
+looks = plan_looks(ci["limit"], ci["max_items"])
+out = []
+for s in ("W4A16", "W8A8"):
+    gates = {"accuracy (recovery 0.95)": lambda n, a: combine(bound_scores("acc", Threshold(recovery=0.95), vals[s][on][:n],
+                                                                          vals["base"][on][:n]), a).verdict,
+             "BOS (max_extra_loss 0.05)": lambda n, a: decide(bos_loss_scores("acc", vals[s][on][:n], vals[s][off][:n], 0.05,
+                                                                              vals["base"][on][:n], vals["base"][off][:n]), a).verdict}
+    for name, at in gates.items():
+        seq, n, k = sequential(at, looks, ci["alpha"], lambda v: v)
+        out.append({"gate": f"{s} {name}", "sequential": seq, "items": n, "looks": k,
+                    "fixed": at(ci["max_items"], ci["alpha"]), "fixed_items": ci["max_items"]})
+sim = []
+for recovery in (0.85, 0.90, 0.95, 1.0):
+    seq = rates(recovery, 1000, seed=5)
+    fixed = rates(recovery, 1000, seed=5, limit=ci["max_items"])
+    sim.append({"recovery": recovery, "sequential": seq, "fixed": fixed})
+print("RESULT " + json.dumps({"real": out, "simulated": sim}))
 '''
 
 NAIVE_LM_EVAL = r'''
@@ -151,10 +197,21 @@ def bench_xdist(work: Path) -> dict:
     return {"serial": serial, "xdist": para}
 
 
+def bench_gates(work: Path) -> dict:
+    r = timed([str(QUANT), "-c", GATES, os.environ.get("QUANT_CACHE_DIR", str(work / "gates-store")), str(VLLM)])
+    return json.loads(r["output"].split("RESULT ", 1)[1].splitlines()[0])
+
+
+def bench_batching(work: Path) -> dict:
+    r = timed([str(QUANT), str(ROOT / "benchmarks" / "batching.py"), "--scheme", "W4A16", "--profile", "ci",
+               "--batches", "1,4,8", "--no-bare", "--store", str(work / "batch-store"), "--out", str(work / "b.json")])
+    return json.loads((work / "b.json").read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
-    ap.add_argument("--only", default="build,eval,suite,xdist")
+    ap.add_argument("--only", default="build,eval,suite,xdist,gates,batching")
     args = ap.parse_args()
     parts = args.only.split(",")
     work = Path(tempfile.mkdtemp(prefix="pytest-quant-bench-"))
@@ -184,6 +241,20 @@ def main() -> None:
             results["xdist"] = x
             rows.append(("gate suite W4A16+W8A8", "-n 2", x["xdist"]["wall_s"], "serial", x["serial"]["wall_s"], "",
                          "<= 0.8x"))
+        if "gates" in parts:
+            g = bench_gates(work)
+            results["gates"] = g
+            for r in g["real"]:
+                rows.append((f"gate {r['gate']}", f"looks ({r['sequential']})", float(r["items"]),
+                             f"fixed ({r['fixed']})", float(r["fixed_items"]), "items evaluated", "same verdict"))
+        if "batching" in parts:
+            b = bench_batching(work)
+            results["batching"] = b
+            first = b["rows"][0]
+            for r in b["rows"][1:]:
+                rows.append((f"build W4A16 CPU batch {r['batch']}", f"KL {r['kl']}", r["seconds"],
+                             f"batch 1, KL {first['kl']}", first["seconds"], f"top-1 {r['top1']} vs {first['top1']}",
+                             "KL within 10%"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     header = ("measurement", "ours", "s", "reference", "s", "ratio", "target", "notes")
