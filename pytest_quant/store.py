@@ -60,11 +60,12 @@ def tree_files(root: Path) -> dict[str, str]:
 def content_digest(root: Path) -> str:
     """SHA-256 of a directory's files and their contents: what identifies a checkpoint, whoever names it.
 
-    Remembered per process while no file's size or modification time changes.
+    Remembered per process while no file's size, modification or change time (ctime, which no copy keeps) changes.
     """
     root = Path(root).resolve()
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
-    stamp = tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    stats = [(p, p.stat()) for p in files]
+    stamp = tuple((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns, st.st_ctime_ns) for p, st in stats)
     key = (str(root), stamp)
     if key not in _CONTENT:
         _CONTENT[key] = digest({p.relative_to(root).as_posix(): file_digest(p) for p in files})

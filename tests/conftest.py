@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -15,10 +16,19 @@ import llmcompressor.modifiers.transform.smoothquant  # noqa: F401,E402
 from llmcompressor import oneshot  # noqa: F401,E402
 
 from pytest_quant.calibration import CalibrationSpec
+from pytest_quant.evaluate import release_models
 from pytest_quant.store import Store
 
 MODEL = "smollm2-135m-instruct"
 CI_CALIBRATION = CalibrationSpec("bundled", num_samples=32, max_seq_length=256)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_engines() -> Iterator[None]:
+    """Close this process's kept vLLM engines after each module: the next module's subprocess suites start
+    their own, and four CPU engines (about 4 GiB each) would not fit beside them in 24 GiB."""
+    yield
+    release_models()
 
 
 @pytest.fixture(scope="session")

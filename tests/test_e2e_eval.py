@@ -105,16 +105,15 @@ def test_fidelity_w8a8_is_closer_to_base_than_w4a16(base, checkpoints, store) ->
     assert f["W8A8"]["top1_agreement"] > f["W4A16"]["top1_agreement"]
 
 
-def test_results_are_keyed_by_content_not_by_name(base, checkpoints, store, tmp_path) -> None:
-    """A copy of a checkpoint shares its results; the same path with other weights gets new ones."""
-    run = EvalRun("quant_facts")
+def test_results_are_keyed_by_content_not_by_name(base, checkpoints, tmp_path) -> None:
+    """A copy of a checkpoint shares its results; the same path holding other weights gets new ones."""
+    store = Store(tmp_path / "store")  # its own: the session's store may hold W8A8's results already
+    run, ids = EvalRun("quant_facts"), list(range(10))
     copy = tmp_path / "copy"
     shutil.copytree(checkpoints["W4A16"].path, copy)
-    original = evaluate(checkpoints["W4A16"].path, {run: list(range(10))}, store, backend="hf")[run]
-    assert evaluate(copy, {run: list(range(10))}, store, backend="hf")[run].cached
+    assert not evaluate(checkpoints["W4A16"].path, {run: ids}, store, backend="hf")[run].cached
+    assert evaluate(copy, {run: ids}, store, backend="hf")[run].cached  # same content, another path
     shutil.rmtree(copy)
-    shutil.copytree(checkpoints["W8A8"].path, copy)
-    other = evaluate(copy, {run: list(range(10))}, store, backend="hf")[run]
-    assert not other.cached
+    shutil.copytree(checkpoints["W8A8"].path, copy)  # copy2 keeps the files' modification times
+    assert not evaluate(copy, {run: ids}, store, backend="hf")[run].cached  # same path, other content
     assert fidelity(base, copy, store)["kl"] != fidelity(base, checkpoints["W4A16"].path, store)["kl"]
-    assert original.items  # the W4A16 results were not served for the W8A8 weights above

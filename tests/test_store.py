@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import json
 import multiprocessing as mp
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_quant.errors import QuantEnvironmentError
-from pytest_quant.store import MANIFEST, Store, atomic_write_text, digest
+from pytest_quant.store import MANIFEST, Store, atomic_write_text, content_digest, digest
 
 
 def write(out: Path, text: str = "weights") -> dict:
@@ -179,3 +180,16 @@ def test_atomic_write_never_overwrites_without_permission(tmp_path: Path) -> Non
         atomic_write_text(target, "{}", overwrite=False)
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["baseline.json"]
+
+
+def test_content_digest_sees_a_replaced_file_of_the_same_size_and_time(tmp_path: Path) -> None:
+    """Copies keep modification times (shutil.copy2, cp -p): a same-sized replacement must still count."""
+    d = tmp_path / "ck"
+    d.mkdir()
+    (d / "w.bin").write_bytes(b"aaaa")
+    first = content_digest(d)
+    stamp = (d / "w.bin").stat().st_mtime_ns
+    (d / "w.bin").unlink()
+    (d / "w.bin").write_bytes(b"bbbb")
+    os.utime(d / "w.bin", ns=(stamp, stamp))
+    assert content_digest(d) != first
