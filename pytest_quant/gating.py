@@ -181,7 +181,8 @@ def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) ->
         text += f"; base loses {sign * (b_on - b_off):+.4f}"
     inserted = got["q_on"].bos_prefix_counts.get("inserted", 0)
     if inserted:
-        text += f"; the tokenizer added no BOS itself, pytest-quant prepended it to {inserted} prompts"
+        text += (f"; the tokenizer added no BOS itself: pytest-quant prepended one ({inserted} prompts in the "
+                 "evaluations these items were read from)")
     overall = FAIL if structure else verdict.verdict
     message = f"{text}; " + ("FAIL: " + "; ".join(structure) if structure else _summary(verdict, n, taken))
     if is_ratio(metric):
