@@ -1,14 +1,19 @@
-"""docs/REFERENCE.md names every option, marker argument and YAML field the code accepts."""
+"""docs/REFERENCE.md names every option, marker argument and YAML field the code accepts; the docs' marker
+examples are accepted by the code."""
 
+import re
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
+
 from pytest_quant.gates import Threshold
-from pytest_quant.markers import OPTION_ARGS, RequiresSpec
+from pytest_quant.markers import OPTION_ARGS, PARSERS, RequiresSpec
 from pytest_quant.options import OPTIONS
 from pytest_quant.yaml_items import LlmCompressorConfig, LmEvalConfig, VllmConfig
 
-DOC = (Path(__file__).resolve().parent.parent / "docs" / "REFERENCE.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+DOC = (ROOT / "docs" / "REFERENCE.md").read_text()
 
 
 def test_options_documented() -> None:
@@ -29,3 +34,14 @@ def test_yaml_fields_documented() -> None:
     names += [f"lmeval.{f}" for f in LmEvalConfig.model_fields]
     for n in names:
         assert f"`{n}`" in DOC, n
+
+
+def test_marker_examples_in_the_docs_are_accepted() -> None:
+    """Every ``@pytest.mark.quant_*(...)`` in the README's and docs' Python examples parses (no stale arguments)."""
+    texts = [(ROOT / "README.md").read_text(), *(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))]
+    blocks = [b for t in texts for b in re.findall(r"```python\n(.*?)```", t, re.S)]
+    calls = [c for b in blocks for c in re.findall(r"@pytest\.mark\.(quant_\w+\(.*?\))\n", b, re.S)]
+    assert len(calls) >= 2, calls
+    for call in calls:
+        mark = eval(f"pytest.mark.{call}", {"pytest": pytest}).mark  # noqa: S307 (our own docs)
+        PARSERS[mark.name](mark.args, mark.kwargs)
