@@ -139,6 +139,18 @@ def test_report_says_passed_only_when_everything_passed(fake: pytest.Pytester, m
     assert report["passed"] is False and report["exitstatus"] == 1
 
 
+def test_report_under_xdist_gathers_every_workers_rows(fake: pytest.Pytester) -> None:
+    """Two workers: the controller's report holds both schemes' rows and fails on W8A8's failed gate."""
+    fake.makepyfile(test_gates=GATED)
+    r = run(fake, "-n", "2", "--dist", "loadgroup", "-k", "accuracy", "--quant-report", "report.json")
+    r.assert_outcomes(passed=1, failed=1)
+    report = json.loads((fake.path / "report.json").read_text())
+    assert {(g["scheme"], g["verdict"], g["outcome"]) for g in report["gates"]} == {
+        ("W4A16", "PASS", "passed"), ("W8A8", "FAIL", "failed")}
+    assert report["passed"] is False
+    assert report["failed_tests"] == ["test_gates.py::test_accuracy[smollm2-135m-instruct-W8A8]"]
+
+
 def test_evaluation_crash_is_an_error_row_and_the_report_fails(fake: pytest.Pytester, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_CRASH", "1")
     fake.makepyfile(test_gates=GATED)
