@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import errno
-import os
 import json
 import multiprocessing as mp
+import os
 import signal
 import subprocess
 import sys
