@@ -2,12 +2,15 @@
 
 llm-compressor 0.14 calibrates one sample per forward pass by default (``batch_size=1``). Its batching
 collators either cut every sample of a batch to the shortest (``truncation``: tokens lost) or pad
-(``padding``), and padded positions then enter the statistics: GPTQ adds every row of a Linear layer's
-input to its Hessian (``modifiers/gptq/helpers.py``, ``accumulate_hessian``: ``inp.reshape((-1,
-inp.shape[-1]))`` then ``hessian += inp.matmul(inp.t())``, no mask), and SmoothQuant takes each channel's
-min and max over every row of the smoothed norm's output (``modifiers/transform/smoothquant/base.py``,
-``_setup_scale_hooks``: ``torch.min(out.view(-1, hidden_dim), dim=0)``; the range ``max - min`` sets the
-scales in ``_apply_smoothing``).
+(``padding``), and padded positions then enter the statistics (line numbers of llmcompressor 0.14.0.1):
+
+- GPTQ adds every row of a Linear layer's input to its Hessian: ``modifiers/gptq/helpers.py``,
+  ``accumulate_hessian`` (line 40): ``inp.reshape((-1, inp.shape[-1]))`` (line 62), then
+  ``hessian += inp.matmul(inp.t())`` (line 75), with no mask; it counts ``inp.shape[0]`` samples (line 58).
+- SmoothQuant takes each channel's min and max over every row of the smoothed norm's output:
+  ``modifiers/transform/smoothquant/base.py``, ``_setup_scale_hooks`` (line 251): ``out.view(-1, hidden_dim)``
+  then ``torch.min`` / ``torch.max`` over dim 0 (lines 264-266); the range ``max - min`` sets the smoothing
+  scales in ``_apply_smoothing`` (lines 345-348).
 
 So here batches are sorted by length (longest first, as llm-compressor's ``LengthAwareSampler``), padded on
 the right, and while llm-compressor's calibration pass runs (its hooks enabled, ``state.current_batch_idx``
