@@ -48,13 +48,14 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def entry_files(root: Path) -> list[Path]:
+    """Every file below ``root`` except the manifest, sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
 def tree_files(root: Path) -> dict[str, str]:
     """Relative path -> SHA-256 for every file below ``root`` except the manifest."""
-    return {
-        p.relative_to(root).as_posix(): file_digest(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+    return {p.relative_to(root).as_posix(): file_digest(p) for p in entry_files(root)}
 
 
 def content_digest(root: Path) -> str:
@@ -63,12 +64,11 @@ def content_digest(root: Path) -> str:
     Remembered per process while no file's size, modification or change time (ctime, which no copy keeps) changes.
     """
     root = Path(root).resolve()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
-    stats = [(p, p.stat()) for p in files]
-    stamp = tuple((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns, st.st_ctime_ns) for p, st in stats)
+    stamp = tuple((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                  for p, st in ((p, p.stat()) for p in entry_files(root)))
     key = (str(root), stamp)
     if key not in _CONTENT:
-        _CONTENT[key] = digest({p.relative_to(root).as_posix(): file_digest(p) for p in files})
+        _CONTENT[key] = digest(tree_files(root))
     return _CONTENT[key]
 
 
