@@ -29,6 +29,7 @@ from typing import Any, Callable
 from . import lm_runner
 from .errors import QuantEnvironmentError, QuantError, QuantUsageError
 from .gates import Value
+from .machine import elsewhere_note, signature
 from .store import Store, atomic_write_text, content_digest, digest, file_digest
 from .tasks import fixed_fewshot, task_digest, task_metrics, write_task_dir
 
@@ -77,6 +78,8 @@ class ItemResults:
     kernels: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     cached: bool = False  # every item came from the store
+    numerics: dict[str, Any] = field(default_factory=dict)  # code paths that computed them (lm_runner.numerics)
+    elsewhere: str | None = None  # says so when some were measured on another machine (machine.elsewhere_note)
 
     def values(self, metric: str, ids: list[int]) -> list[Value]:
         """The metric's value on each of ``ids``, in that order."""
@@ -188,9 +191,14 @@ def root_cause(log_text: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
-def vllm_env(device: str, extra: dict[str, str]) -> dict[str, str]:
-    """The environment of a vLLM runner: the CPU build's settings, then the config's ``env_vars``."""
-    env = {**os.environ, **extra}
+def vllm_env(device: str, extra: dict[str, str], cpu_w4a8: bool = False) -> dict[str, str]:
+    """The environment of a vLLM runner: the CPU build's settings, then the config's ``env_vars``.
+
+    vLLM's CPU build runs W4A16 checkpoints with int8 activations on CPUs with AMX unless
+    ``VLLM_CPU_INT4_W4A8=0``; pytest-quant sets it to 0 (``--quant-cpu-w4a8`` sets 1), so a gate measures the
+    16-bit activations the checkpoint runs with on a GPU, whatever the CPU. A config's ``env_vars`` win.
+    """
+    env = {**os.environ, "VLLM_CPU_INT4_W4A8": "1" if cpu_w4a8 else "0", **extra}
     if device == "cpu":
         env.setdefault("VLLM_TARGET_DEVICE", "cpu")
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -262,13 +270,14 @@ class EnginePool:
 
     def ask(self, python: str, request: dict[str, Any], device: str, env: dict[str, str], timeout: float,
             log: Callable[[str], None]) -> dict[str, Any]:
-        key = digest([python, request["model_args"], env])
+        """Answer ``request`` on a live engine of this interpreter, model arguments and environment ``env``."""
+        key = digest([python, request["model_args"], {k: v for k, v in env.items() if k.startswith("VLLM_")}])
         engine = self.engines.pop(key, None)
         if engine is None:
             capacity = 2 if device == "cpu" else 1
             while len(self.engines) >= capacity:
                 self.engines.pop(next(iter(self.engines))).close()
-            engine = Engine(python, vllm_env(device, env))
+            engine = Engine(python, env)
         self.engines[key] = engine  # most recently used last
         start = time.perf_counter()
         try:
@@ -279,7 +288,8 @@ class EnginePool:
             raise
         load = f"model load {response['load_seconds']}s" if engine.requests == 1 else "model already loaded"
         log(f"vLLM evaluation took {time.perf_counter() - start:.1f}s ({load}); "
-            f"kernels: {', '.join(response['kernels']) or 'none reported'}")
+            f"kernels: {', '.join(response['kernels']) or 'none reported'}; numerics: "
+            + ", ".join(f"{k} {v}" for k, v in response.get("numerics", {}).items()))
         return response
 
     def close(self) -> None:
@@ -307,6 +317,8 @@ class Evaluator:
     timeout: float = 1800.0
     trust_remote_code: bool = False
     rebuild: bool = False
+    cpu_w4a8: bool = False  # let vLLM's CPU build run W4A16 as W4A8 on AMX (vllm_env)
+    hardware: Any = None  # the hardware.Device evaluated on, for the machine signature
 
     def evaluate(self, path: Path, wanted: dict[EvalRun, list[int]], gpus: int = 1, engine: dict[str, Any] | None = None,
                  label: str = "model") -> dict[EvalRun, ItemResults]:
@@ -320,6 +332,9 @@ class Evaluator:
         versions = probe_vllm(self.vllm_python or "") if self.backend == "vllm" else _hf_versions()
         args = model_args(self.backend, path, self.device, gpus, self.trust_remote_code, engine)
         settings = {k: v for k, v in args.items() if k != "pretrained"}
+        runner_env = vllm_env(self.device, env_vars, self.cpu_w4a8) if self.backend == "vllm" else dict(os.environ)
+        here = signature(self.hardware, runner_env)
+        numerics = {"cpu_int4_w4a8": runner_env["VLLM_CPU_INT4_W4A8"]} if self.backend == "vllm" else {}
         runner = file_digest(RUNNER)  # how prompts are built and counted is part of the result
         include_path = write_task_dir(self.store.root / "tasks")
 
@@ -327,7 +342,7 @@ class Evaluator:
             return self.store.key({"model": identity, "run": asdict(run),
                                    "task": task_digest(run.task, versions.get("lm_eval", "?")),
                                    "backend": self.backend, "device": self.device, "settings": settings,
-                                   "env": env_vars, "versions": versions, "runner": runner})
+                                   "env": env_vars, "numerics": numerics, "versions": versions, "runner": runner})
 
         for run in wanted:
             task_metrics(run.task)  # an unknown task fails here, before any model loads
@@ -348,7 +363,7 @@ class Evaluator:
                 request = {"backend": self.backend, "model_args": args, "include_path": str(include_path),
                            "runs": [{**asdict(r), "id": r.id, "samples": ids} for r, ids in missing.items()]}
                 if self.backend == "vllm":
-                    response = ENGINES.ask(self.vllm_python or "", request, self.device, env_vars, self.timeout,
+                    response = ENGINES.ask(self.vllm_python or "", request, self.device, runner_env, self.timeout,
                                            self.store.log)
                 else:
                     response = {**lm_runner.run(request, keep=True), "kernels": []}
@@ -356,7 +371,7 @@ class Evaluator:
                     r = response["runs"][run.id]
                     info = {"items": [str(i) for i in ids], "bos_prefix_counts": r["bos_prefix_counts"],
                             "seconds": r["seconds"], "kernels": response["kernels"], "versions": response["versions"],
-                            "backend": self.backend}
+                            "numerics": response.get("numerics", {}), "machine": here, "backend": self.backend}
                     body = json.dumps(r["items"])
                     held[run].append(self.store.put(
                         f"evals/{run_key(run)}", {"items": ids},
@@ -367,19 +382,21 @@ class Evaluator:
             entries = held[run]
             items: dict[int, dict[str, Value]] = {}
             counts: dict[str, int] = {}
-            seconds, useful = 0.0, set(ids)
+            seconds, useful, machines = 0.0, set(ids), []
             for e in entries:
                 info = e.manifest["info"]
                 if not useful & {int(i) for i in info["items"]}:
                     continue
+                machines.append(info.get("machine"))
                 items.update({int(k): v for k, v in json.loads((e.path / "items.json").read_text()).items()})
                 for k, v in info["bos_prefix_counts"].items():
                     counts[k] = counts.get(k, 0) + v
                 seconds += info["seconds"]
             last = entries[-1].manifest["info"] if entries else {}
             out[run] = ItemResults({i: items[i] for i in ids if i in items}, counts, self.backend, round(seconds, 2),
-                                   last.get("kernels", []), last.get("versions", {}),
-                                   cached=run not in missing)
+                                   last.get("kernels", []), last.get("versions", {}), cached=run not in missing,
+                                   numerics=last.get("numerics", {}),
+                                   elsewhere=elsewhere_note([m or {} for m in machines], here))
         return out
 
 

@@ -7,6 +7,7 @@ up to ``max_items``), each look at its share of ``alpha`` (:mod:`.stats`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .baseline import Baseline
@@ -14,10 +15,13 @@ from .build import Checkpoint
 from .evaluate import EvalRun
 from .gates import Threshold, Verdict, aggregate, bos_loss_scores, bound_scores, combine, is_ratio
 from .markers import AccuracySpec, BosSpec
+from .power import items_to_decide
 from .rows import GateRow, verdict_outcome
 from .session import Case, QuantSession, Target
 from .stats import FAIL, PASS, UNDECIDED, decide, sequential
-from .tasks import higher_is_better
+from .tasks import higher_is_better, task_size
+
+POWER = 0.8  # the share of runs that should decide, in the UNDECIDED hint
 
 
 def _run(session: QuantSession, spec: AccuracySpec | BosSpec, add_bos_token: bool) -> EvalRun:
@@ -72,6 +76,25 @@ def _summary(verdict: Verdict, n: int, looks: int) -> str:
     return f"{head} on {n} items after {looks} look{'s' if looks > 1 else ''}: {verdict.describe()}"
 
 
+def to_decide(verdict: Verdict, first: int, alpha: float, available: int | None,
+              power: float = POWER) -> tuple[int | None, str]:
+    """For an UNDECIDED verdict: (items that would decide it at the observed margins, a sentence saying so)."""
+    if verdict.verdict != UNDECIDED:
+        return None, ""
+    needed = []
+    for d in verdict.decisions.values():
+        if d.verdict == UNDECIDED:
+            needed.append(items_to_decide(d.mean, d.se * math.sqrt(d.n), first, alpha, power))
+    if not needed or None in needed:
+        return None, "; at the observed margin no feasible item count decides it (the model sits on the threshold)"
+    n = max(needed)  # type: ignore[type-var]
+    text = (f"; at the observed margin about {n} items would decide it ({power:.0%} of simulated runs, "
+            f"alpha {alpha:g}): --quant-max-items {n}")
+    if available is not None and n > available:
+        text += f", more than the task's {available} items: use a larger task, or a threshold further from it"
+    return n, text
+
+
 def gate(session: QuantSession, q_target: Target, b_target: Target, run: EvalRun, metric: str, t: Threshold,
          marker: dict[str, Any]) -> tuple[Verdict, int, int, dict[str, Any]]:
     """Decide ``t`` on ``run`` with looks: (verdict, items used, looks, the last look's results)."""
@@ -82,11 +105,20 @@ def gate(session: QuantSession, q_target: Target, b_target: Target, run: EvalRun
         ids = order[:n]
         got["q"] = session.items(q_target, run, ids)
         got["qv"] = got["q"].values(metric, ids)
-        got["bv"] = session.items(b_target, run, ids).values(metric, ids) if t.needs_base else None
+        got["b"] = session.items(b_target, run, ids) if t.needs_base else None
+        got["bv"] = got["b"].values(metric, ids) if got["b"] is not None else None
         return combine(bound_scores(metric, t, got["qv"], got["bv"]), alpha)
 
-    verdict, n, taken = sequential(at, looks, session.settings.get("alpha", marker), lambda v: v.verdict)
+    alpha = session.settings.get("alpha", marker)
+    verdict, n, taken = sequential(at, looks, alpha, lambda v: v.verdict)
+    got["to_decide"] = to_decide(verdict, looks[0], alpha, task_size(run.task))
     return verdict, n, taken, got
+
+
+def _measured(*results: Any) -> tuple[list[str], dict[str, Any]]:
+    """Notes for results measured on another machine (once each), and the quantized model's numerics."""
+    notes = list(dict.fromkeys(r.elsewhere for r in results if r is not None and r.elsewhere))
+    return notes, results[0].numerics
 
 
 def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: str, t: Threshold,
@@ -100,11 +132,13 @@ def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: s
                                                         if base is not None and recovery is not None else "")
     verdicts = [verdict.verdict, *extra_verdicts]
     overall = FAIL if FAIL in verdicts else PASS if set(verdicts) == {PASS} else UNDECIDED
+    notes, numerics = _measured(got["q"], got.get("b"))
     return GateRow(model, scheme, run.task, metric, overall, _resolve(session, overall),
-                   "; ".join([f"{head}; {_summary(verdict, n, taken)}", *extra_messages]),
+                   "; ".join([f"{head}; {_summary(verdict, n, taken)}{got['to_decide'][1]}", *extra_messages, *notes]),
                    t.describe() + f", alpha={session.settings.get('alpha', marker):g}", q, base, recovery, n, taken,
                    session.backend, eval_seconds=got["q"].seconds,
-                   extra={"stderr": se, "versions": got["q"].versions,
+                   extra={"stderr": se, "versions": got["q"].versions, "items_to_decide": got["to_decide"][0],
+                          "numerics": numerics,
                           "bounds": {k: d.__dict__ for k, d in verdict.decisions.items()}, **fields.pop("extra", {})},
                    **fields)
 
@@ -165,12 +199,15 @@ def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) ->
         if spec.max_delta is not None:
             scores[f"max_delta {spec.max_delta:g}"] = bos_loss_scores(metric, *got["qv"], spec.max_delta)
         if spec.max_extra_loss is not None:
-            got["bv"] = [session.items(b_target, r, ids).values(metric, ids) for r in (on, off)]
+            got["b_on"], got["b_off"] = (session.items(b_target, r, ids) for r in (on, off))
+            got["bv"] = [got[k].values(metric, ids) for k in ("b_on", "b_off")]
             scores[f"max_extra_loss {spec.max_extra_loss:g}"] = bos_loss_scores(metric, *got["qv"], spec.max_extra_loss,
                                                                                 *got["bv"])
         return combine(scores, alpha) if scores else Verdict(PASS)
 
-    verdict, n, taken = sequential(at, looks, session.settings.get("alpha", marker), lambda v: v.verdict)
+    alpha = session.settings.get("alpha", marker)
+    verdict, n, taken = sequential(at, looks, alpha, lambda v: v.verdict)
+    needed, hint = to_decide(verdict, looks[0], alpha, task_size(spec.task))
     structure = _bos_structure(got["q_on"].bos_prefix_counts, got["q_off"].bos_prefix_counts)
     with_bos, without = (_point(metric, v) for v in got["qv"])
     sign = 1 if higher_is_better(metric) else -1
@@ -184,15 +221,18 @@ def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) ->
         text += (f"; the tokenizer added no BOS itself: pytest-quant prepended one ({inserted} prompts in the "
                  "evaluations these items were read from)")
     overall = FAIL if structure else verdict.verdict
-    message = f"{text}; " + ("FAIL: " + "; ".join(structure) if structure else _summary(verdict, n, taken))
+    message = f"{text}; " + ("FAIL: " + "; ".join(structure) if structure else _summary(verdict, n, taken) + hint)
     if is_ratio(metric):
         message += " (losses of perplexity metrics in nats per word/byte)"
+    notes, numerics = _measured(*(got.get(k) for k in ("q_on", "q_off", "b_on", "b_off")))
+    message = "; ".join([message, *notes])
     return GateRow(case.model, case.scheme, spec.task, metric, overall, _resolve(session, overall), message,
                    f"max_delta={spec.max_delta}, max_extra_loss={spec.max_extra_loss}, "
                    f"alpha={session.settings.get('alpha', marker):g}", with_bos, None, None, n, taken, session.backend,
                    "|".join([case.model, case.scheme, spec.task, metric, "bos-sensitivity"]),
                    ck.manifest.get("seconds"), got["q_on"].seconds + got["q_off"].seconds,
-                   extra={"quantized_without_bos": without, "bos_loss": loss,
+                   extra={"quantized_without_bos": without, "bos_loss": loss, "items_to_decide": needed,
+                          "numerics": numerics,
                           "bos_prefix_counts": {"with": got["q_on"].bos_prefix_counts,
                                                 "without": got["q_off"].bos_prefix_counts}})
 

@@ -134,6 +134,26 @@ def _items(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def numerics(backend: str) -> dict[str, Any]:
+    """Which code paths compute the answers here: torch's CPU capability (ATEN_CPU_CAPABILITY), and for vLLM's
+    CPU build its kernel library and the activations it gives 4-bit weights (int8 where it runs W4A16 as W4A8:
+    ``VLLM_CPU_INT4_W4A8`` on and a CPU with AMX, see vllm/model_executor/kernels/linear/mixed_precision/cpu.py)."""
+    import torch
+
+    out: dict[str, Any] = {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["int4_activations"] = "16-bit"
+    elif backend == "vllm":
+        avx512, bf16 = torch.cpu._is_avx512_supported(), torch.cpu._is_avx512_bf16_supported()
+        out["vllm_cpu_library"] = "_C" if avx512 and bf16 else "_C_AVX512" if avx512 else "_C_AVX2"
+        w4a8 = os.environ.get("VLLM_CPU_INT4_W4A8", "1").strip().lower() not in ("0", "false", "")
+        out["int4_activations"] = "int8 (W4A8)" if w4a8 and torch.cpu._is_amx_tile_supported() else "16-bit"
+    else:
+        out["int4_activations"] = "16-bit"
+    return out
+
+
 _LOADED: dict[str, Any] = {}  # the model kept between requests (one at a time)
 
 
@@ -180,7 +200,8 @@ def run(request: dict[str, Any], keep: bool = False) -> dict[str, Any]:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return {"runs": out, "versions": versions, "load_seconds": round(loaded - start, 2),
+    return {"runs": out, "versions": versions, "numerics": numerics(request["backend"]),
+            "load_seconds": round(loaded - start, 2),
             "seconds": round(time.perf_counter() - start, 2), "pid": os.getpid()}
 
 

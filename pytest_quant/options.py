@@ -193,6 +193,9 @@ OPTIONS: tuple[Option, ...] = (
            0.7),
     Option("backend", "evaluation backend: auto, vllm or hf", choice("auto", "vllm", "hf"), "auto"),
     Option("vllm_python", "python interpreter of the vLLM environment", text),
+    Option("cpu_w4a8", "let vLLM's CPU build run W4A16 checkpoints with int8 activations on CPUs with AMX "
+           "(VLLM_CPU_INT4_W4A8=1); off by default, so gates measure the 16-bit activations of a GPU deployment",
+           _bool, False, flag=True),
     Option("eval_timeout", "seconds one evaluation subprocess may run", positive, 1800.0),
     Option("device", "device for builds and transformers evaluation: auto, cpu or cuda", choice("auto", "cpu", "cuda"),
            "auto"),

@@ -14,6 +14,7 @@ from .calibration import check_jsonl
 from .checks import checkpoint_problems
 from .errors import QuantError, QuantUsageError
 from .hardware import why_skip
+from .machine import describe, signature
 from .markers import MARKERS, parse_markers
 from .models import resolve_model
 from .options import Settings, add_options
@@ -208,6 +209,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for r in rows:
         terminalreporter.write_line(f"- {r['model']} {r['scheme']} {r['task']}: {r['message']}")
     terminalreporter.write_line(f"backend: {qs.backend} ({qs.backend_reason}); device: {qs.device.describe()}; "
+                                f"machine: {describe(signature(qs.device))}; "
                                 f"alpha {qs.settings.get('alpha'):g}, UNDECIDED -> {qs.settings.get('undecided')}")
 
 
@@ -219,7 +221,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         if qs.settings.get("report"):
             write_report(qs.settings.get("report"), collector.rows, collector.failed_tests, exitstatus,
-                         {"device": qs.device.describe(), "profile": qs.settings.profile,
+                         {"device": qs.device.describe(), "machine": signature(qs.device), "profile": qs.settings.profile,
                           "alpha": qs.settings.get("alpha"), "undecided": qs.settings.get("undecided")})
         target = qs.settings.get("save_baseline")
         if target and collector.rows:

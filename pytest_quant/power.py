@@ -11,10 +11,12 @@ accuracy is ``recovery * base_acc``. docs/THRESHOLDS.md shows the table for this
 from __future__ import annotations
 
 import argparse
+import math
 import random
+from statistics import NormalDist
 
 from .gates import Threshold, bound_scores, combine
-from .stats import FAIL, PASS, UNDECIDED, plan_looks, sequential
+from .stats import FAIL, PASS, UNDECIDED, look_alpha, plan_looks, sequential
 
 
 def simulate(recovery: float, rng: random.Random, base_acc: float = 0.70, gained: float = 0.039,
@@ -44,6 +46,47 @@ def rates(recovery: float, runs: int = 1000, seed: int = 0, **kwargs: float) -> 
     out = {v: sum(1 for r, _ in results if r == v) / runs for v in (PASS, FAIL, UNDECIDED)}
     out["items"] = sum(n for _, n in results) / runs
     return out
+
+
+def decisive_share(mean: float, sd: float, limit: int, budget: int, alpha: float, runs: int = 2000,
+                   seed: int = 0) -> float:
+    """Share of simulated gates that reach the verdict the sign of ``mean`` calls for (PASS above 0, FAIL below),
+    with per-item scores of this mean and standard deviation, looks ``plan_looks(limit, budget)`` and alpha
+    spent as the real gates spend it."""
+    looks = plan_looks(min(limit, budget), budget)
+    z = [NormalDist().inv_cdf(1 - look_alpha(alpha, looks, k)) for k in range(len(looks))]
+    rng, hits = random.Random(seed), 0
+    for _ in range(runs):
+        total, before = 0.0, 0
+        for k, n in enumerate(looks):
+            total += rng.gauss(mean * (n - before), sd * math.sqrt(n - before))
+            before = n
+            m, se = total / n, sd / math.sqrt(n)
+            if m - z[k] * se >= 0 or m + z[k] * se < 0:
+                hits += (m > 0) == (mean > 0)
+                break
+    return hits / runs
+
+
+def items_to_decide(mean: float, sd: float, limit: int, alpha: float, power: float = 0.8,
+                    cap: int = 1_000_000) -> int | None:
+    """The smallest item budget (``--quant-max-items``) at which a gate with per-item scores of this ``mean`` and
+    ``sd`` reaches the verdict its sign calls for in at least ``power`` of simulated runs; None when ``mean`` is 0
+    or more than ``cap`` items would be needed."""
+    if mean == 0 or sd <= 0:
+        return None if mean == 0 else limit
+    def enough(n: int) -> bool:
+        return decisive_share(mean, sd, limit, n, alpha) >= power
+    hi = max(limit, 2)
+    while not enough(hi):
+        if hi >= cap:
+            return None
+        hi = min(hi * 2, cap)
+    lo = max(limit, hi // 2)
+    while hi - lo > max(1, lo // 50):  # within 2%: the estimate is no finer than that
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi
 
 
 def main() -> None:

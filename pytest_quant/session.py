@@ -7,6 +7,7 @@ one model load per evaluation round.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,7 +183,7 @@ class QuantSession:
     @property
     def evaluator(self) -> Evaluator:
         return Evaluator(self.store, self.backend, self.vllm_python, self.compute, self.settings.get("eval_timeout"),
-                         self.trust_remote_code, self.rebuild)
+                         self.trust_remote_code, self.rebuild, bool(self.settings.get("cpu_w4a8")), self.device)
 
     def run(self, task: str, marker: dict[str, Any] | None = None, add_bos_token: bool = True,
             apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
@@ -221,8 +222,7 @@ class QuantSession:
                                               engine=dict(target.engine), label=target.label)
             self._results.update({(target, r): v for r, v in results.items()})
             held = self._results[(target, run)]
-        return ItemResults({i: held.items[i] for i in ids}, held.bos_prefix_counts, held.backend, held.seconds,
-                           held.kernels, held.versions, held.cached)
+        return dataclasses.replace(held, items={i: held.items[i] for i in ids})
 
     def fidelity(self, case: Case) -> dict[str, Any]:
         base_path, _ = self.base(case.model)
