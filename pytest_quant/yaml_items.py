@@ -261,7 +261,7 @@ class QuantYamlItem(pytest.Item):
 
     def skip_if_unsupported(self, scheme: str | None, gpus: int, backend: str) -> None:
         qs = self.qs
-        reason = why_skip(qs.device, qs.backend, qs.backend_reason, scheme, (), gpus, backend)
+        reason = why_skip(qs.device, qs.backend, qs.backend_reason, scheme, (), gpus, backend, qs.vllm_support)
         if reason:
             pytest.skip(reason)
 

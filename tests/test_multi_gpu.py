@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -79,3 +80,75 @@ def test_checkpoint_tests_skip_when_the_machine_has_too_few_gpus(pytester: pytes
     r = pytester.runpytest_subprocess("--quant-scheme", "W4A16", "--quant-eval-gpus", "2", "-rs")
     r.assert_outcomes(skipped=2)
     assert "needs 2 GPUs, found CPU only" in r.stdout.str()
+
+
+def test_a_hanging_torchrun_is_killed_at_the_timeout_and_the_unfinished_rank_is_named(tmp_path: Path, monkeypatch) -> None:
+    """What a save on rank 0 alone did (issue 20): rank 1 finished, rank 0 waited forever. Simulated ranks,
+    no GPU: each records its stage as the real ranks do; rank 0 then hangs."""
+    from pytest_quant import distributed
+    from pytest_quant.calibration import CalibrationSpec
+    from pytest_quant.recipes import RecipeSpec
+
+    fake = tmp_path / "fake_torchrun.py"
+    fake.write_text(
+        "import json, sys, time, subprocess\n"
+        "from pathlib import Path\n"
+        "status = Path(json.loads(Path(sys.argv[1]).read_text())['status'])\n"
+        "(status / 'rank-1').write_text('done')\n"
+        "(status / 'rank-0').write_text('saving')\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])  # a rank process of its own\n"
+        "time.sleep(600)\n")
+    monkeypatch.setattr(distributed, "torchrun_command", lambda gpus, request: [sys.executable, str(fake), str(request)])
+    start = __import__("time").perf_counter()
+    with pytest.raises(distributed.DistributedBuildFailed, match=r"ran past 3s and was killed: rank 0 at 'saving'"):
+        distributed.run_distributed_build(2, tmp_path, RecipeSpec(), CalibrationSpec(), tmp_path / "out", False,
+                                          lambda m: None, timeout=3)
+    assert __import__("time").perf_counter() - start < 30
+
+
+def test_a_failed_torchrun_names_the_ranks_that_did_not_finish(tmp_path: Path, monkeypatch) -> None:
+    from pytest_quant import distributed
+    from pytest_quant.calibration import CalibrationSpec
+    from pytest_quant.recipes import RecipeSpec
+
+    fake = tmp_path / "fake_torchrun.py"
+    fake.write_text("import sys; print('CUDA error: out of memory', file=sys.stderr); sys.exit(1)\n")
+    monkeypatch.setattr(distributed, "torchrun_command", lambda gpus, request: [sys.executable, str(fake), str(request)])
+    with pytest.raises(distributed.DistributedBuildFailed,
+                       match=r"failed \(exit 1; rank 0 at 'not started', rank 1 at 'not started'\)(.|\n)*out of memory"):
+        distributed.run_distributed_build(2, tmp_path, RecipeSpec(), CalibrationSpec(), tmp_path / "out", False,
+                                          lambda m: None, timeout=60)
+
+
+@pytest.mark.parametrize("worker, workers, gpus, expected", [
+    (0, 2, ["0", "1"], ["0"]), (1, 2, ["0", "1"], ["1"]),  # one GPU per worker
+    (1, 2, ["0", "1", "2", "3"], ["2", "3"]),  # a group of two: a 2-GPU build or tensor-parallel engine
+    (2, 3, ["0", "1"], ["0"]),  # fewer GPUs than workers: shared round-robin
+    (0, 2, [], []),  # no GPU: nothing set
+])
+def test_xdist_workers_get_their_own_gpus(worker: int, workers: int, gpus: list, expected: list) -> None:
+    from pytest_quant.hardware import worker_gpus
+
+    assert worker_gpus(worker, workers, gpus) == expected
+
+
+def test_each_xdist_worker_sees_only_its_gpus_unless_the_user_chose(monkeypatch) -> None:
+    """A simulated 2-GPU host (no CUDA here): the plugin sets each worker's CUDA_VISIBLE_DEVICES to its own GPU,
+    and leaves a CUDA_VISIBLE_DEVICES the user set alone."""
+    from types import SimpleNamespace
+
+    from pytest_quant import plugin
+
+    monkeypatch.setattr(plugin, "visible_gpus", lambda: ["0", "1"])
+    seen = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        plugin._assign_worker_gpus(SimpleNamespace(workerinput={"workerid": worker, "workercount": 2}))
+        seen[worker] = os.environ["CUDA_VISIBLE_DEVICES"]
+    assert seen == {"gw0": "0", "gw1": "1"}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    plugin._assign_worker_gpus(SimpleNamespace(workerinput={"workerid": "gw0", "workercount": 2}))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    plugin._assign_worker_gpus(SimpleNamespace())  # not an xdist worker: nothing set
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ

@@ -48,7 +48,8 @@ QuantSession.build = build
 QuantSession.items = items
 QuantSession.backend = property(lambda self: os.environ.get("FAKE_BACKEND", "hf"))
 QuantSession.backend_reason = property(lambda self: "fake")
-QuantSession.device = property(lambda self: Device("cpu", "x86_64"))  # the same skips on any test machine
+QuantSession.device = property(lambda self: Device(*json.loads(os.environ.get("FAKE_DEVICE", '["cpu", "x86_64"]'))))
+QuantSession.vllm_support = property(lambda self: json.loads(os.environ.get("FAKE_SUPPORT", "null")))
 """
 
 GATED = """

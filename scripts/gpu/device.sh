@@ -1,58 +1,64 @@
 #!/usr/bin/env bash
-# Runs ON the lent GPU machine (through the device tool), in calls made back to back (the machine stays warm
-# about 30 s between calls and keeps /tmp):
-#   1. carry [.whl, .gpu]  (part.00 + wheel.sha256):  bash scripts/gpu/device.sh stage
-#   2. carry [.gpu]        (part.01):                 bash scripts/gpu/device.sh batching W4A16
-#   3. (nothing carried):                             bash scripts/gpu/device.sh batching W8A8
-#   4. (nothing carried):                             bash scripts/gpu/device.sh tests
-# `batching` installs everything into /tmp/site on first use, then runs benchmarks/batching.py with the guide
-# profile (512 x 2048) for the scheme: the bare guide script and the plugin at batch 8, 16, 32.
-# `tests` runs the plugin's tests (-m "not slow") and llm-compressor's distributed (torchrun) build path.
+# Runs ON the lent GPU machine (through the device tool), in calls made back to back: the machine stays warm
+# about 30 s between calls and keeps /tmp. scripts/gpu/prepare.sh (here) cut the wheels into .gpu/part.NN.
+#   1..N. carry [".gpu/part.K", ".gpu/stage.sha256", ".gpu/parts.txt"]:  bash scripts/gpu/device.sh stage
+#         (the call that brings the last part also assembles and installs)
+#   then: bash scripts/gpu/device.sh suite        the shipped suite, vLLM and transformers backends, guide profile
+#         bash scripts/gpu/device.sh multi        two GPUs: distributed build, tensor parallel, one GPU per worker
+# Sites: /tmp/site (llm-compressor 0.19 side, pytest runs here) and /tmp/site-vllm (vLLM 0.26 and its
+# compressed-tensors 0.17, first on the path of /tmp/vllm-python, the interpreter the plugin starts vLLM with).
 set -uo pipefail
-phase=${1:?stage, batching SCHEME or tests}
+phase=${1:?stage, suite or multi}
 OUT=${OUT:-/tmp/out}
 mkdir -p /tmp/gpu-parts "$OUT"
-[ -d .whl ] && cp .whl/*.whl /tmp/gpu-parts/ 2>/dev/null
-[ -d .gpu ] && cp .gpu/part.* .gpu/wheel.sha256 /tmp/gpu-parts/ 2>/dev/null
-ls /tmp/gpu-parts
-[ "$phase" = stage ] && exit 0
+[ -d .gpu ] && cp .gpu/part.* .gpu/stage.sha256 .gpu/parts.txt /tmp/gpu-parts/ 2>/dev/null
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 
-set -e
-if [ ! -d /tmp/site ]; then
-  (cd /tmp/gpu-parts && cat part.00 part.01 > "$(awk '{print $2}' wheel.sha256)" && sha256sum -c wheel.sha256)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/gpu-parts/*.whl
+install() {
+  local missing
+  missing=$(cd /tmp/gpu-parts && for p in $(cat parts.txt 2>/dev/null || echo parts.txt); do [ -f "$p" ] || echo "$p"; done)
+  if [ -n "$missing" ]; then echo "[stage] have $(ls /tmp/gpu-parts | tr '\n' ' '); waiting for: $missing"; return 1; fi
+  SECONDS=0
+  (cd /tmp/gpu-parts && cat $(cat parts.txt) > stage.tar && sha256sum -c stage.sha256 && tar -xf stage.tar) || return 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/gpu-parts/stage/quant/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-vllm /tmp/gpu-parts/stage/vllm/*.whl
+  printf '#!/bin/sh\nPYTHONPATH=/tmp/site-vllm:/tmp/site exec python3 "$@"\n' > /tmp/vllm-python && chmod +x /tmp/vllm-python
+  echo "[stage] installed in ${SECONDS}s: $(du -sh /tmp/site /tmp/site-vllm | tr '\n' ' ')"
+}
+
+if [ "$phase" = stage ]; then
+  [ -d /tmp/site-vllm ] && { echo "[stage] already installed"; exit 0; }
+  install || exit 0
+  /tmp/vllm-python -c "import vllm, lm_eval, compressed_tensors as ct; print('vllm', vllm.__version__, 'compressed-tensors', ct.__version__)"
+  exit 0
 fi
-export PYTHONPATH=/tmp/site QUANT_CACHE_DIR=/tmp/quant-cache PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+
+[ -d /tmp/site-vllm ] || install || { echo "[gpu] not staged"; exit 3; }
+export PYTHONPATH=/tmp/site:$PWD QUANT_CACHE_DIR=/tmp/quant-cache QUANT_VLLM_PYTHON=/tmp/vllm-python
+nvidia-smi --query-gpu=index,name,compute_cap,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, transformers, llmcompressor; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__)" | tee -a "$OUT/device.txt"
+# Peak GPU memory, sampled every 0.5 s for the whole phase (per GPU, MiB).
+nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > /tmp/gpu-mem.csv &
+sampler=$!
+trap 'kill $sampler 2>/dev/null; python3 scripts/gpu/peak_memory.py /tmp/gpu-mem.csv | tee "$OUT/peak-memory.txt"' EXIT
+PYTEST=(python3 -m pytest -p pytest_quant.plugin -p no:cacheprovider -q -o log_cli=true --log-cli-level=INFO
+        --log-cli-format "%(asctime)s %(message)s" --log-cli-date-format "%H:%M:%S")
 case "$phase" in
-  batching)
-    scheme=${2:?scheme}
-    python3 benchmarks/batching.py --scheme "$scheme" --profile guide --batches 8,16,32 --store /tmp/quant-cache \
-      --out "$OUT/batching-$scheme.json" 2>&1 | grep -v -E "it/s\]|s/it\]|is ignored" | tee "$OUT/batching-$scheme.log" | tail -25
+  suite)
+    SECONDS=0
+    timeout 420 "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
+      --quant-backend vllm --quant-report "$OUT/suite-vllm.json" 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" \
+      > "$OUT/suite-vllm.log"
+    echo "[gpu] vllm suite: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-vllm.log"; tail -22 "$OUT/suite-vllm.log"
+    SECONDS=0
+    timeout 150 "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
+      --quant-backend hf -k "accuracy" --quant-report "$OUT/suite-hf.json" 2>&1 \
+      | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/suite-hf.log"
+    echo "[gpu] hf accuracy gates: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-hf.log"; tail -12 "$OUT/suite-hf.log"
+    timeout 120 "${PYTEST[@]}" tests/test_gpu_vllm.py -rs 2>&1 | tail -15 | tee "$OUT/gpu-tests.log"
     ;;
-  tests)
-    SECONDS=0
-    python3 -m pytest tests -m "not slow" -q -p no:randomly -rs --junitxml "$OUT/junit-tests.xml" 2>&1 \
-      | grep -v "is ignored" | tail -30 | tee "$OUT/tests.log" || true
-    echo "[gpu] plugin tests took ${SECONDS}s" | tee -a "$OUT/tests.log"
-    SECONDS=0
-    timeout 300 python3 - <<'PY' 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" | tail -20 | tee "$OUT/distributed.log" || true
-# llm-compressor's distributed oneshot path (torchrun), on the one GPU there is: W4A16, CI calibration.
-from pathlib import Path
-from pytest_quant.calibration import CalibrationSpec
-from pytest_quant.checks import checkpoint_problems
-from pytest_quant.distributed import run_distributed_build
-from pytest_quant.models import materialize, resolve_model
-from pytest_quant.recipes import RecipeSpec
-from pytest_quant.store import Store
-base, _ = materialize(resolve_model("smollm2-135m-instruct"), Store("/tmp/quant-cache"))
-out = Path("/tmp/dist-out")
-out.mkdir(exist_ok=True)
-recipe = RecipeSpec("W4A16", group_size=64)
-info = run_distributed_build(1, base, recipe, CalibrationSpec("bundled", 64, 512), out, False, print)
-print("distributed build", info, "problems:", checkpoint_problems(out, recipe))
-PY
-    echo "[gpu] distributed (torchrun, 1 GPU) step took ${SECONDS}s" | tee -a "$OUT/distributed.log"
+  multi)
+    timeout 560 "${PYTEST[@]}" tests/test_multi_gpu_run.py -rs 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" \
+      | tee "$OUT/multi.log" | tail -40
     ;;
 esac

@@ -1,0 +1,68 @@
+"""vLLM on a GPU through the plugin: the engine pool's memory rule (run on the lent H100 by scripts/gpu/device.sh).
+
+The rule (pytest_quant/evaluate.py): each engine takes GPU_ENGINE_SHARE of the card, so the base and the
+quantized engine of a gate stay alive together within GPU_BUDGET; in-process GPU work (a build) closes them first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pytest_quant.calibration import CalibrationSpec
+from pytest_quant.evaluate import ENGINES, GPU_BUDGET, GPU_ENGINE_SHARE
+from pytest_quant.options import Settings
+from pytest_quant.recipes import RecipeSpec
+from pytest_quant.session import Case, QuantSession, Target
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and the vLLM environment")]
+MODEL = "smollm2-135m-instruct"
+
+
+def used_mib() -> tuple[int, int]:
+    """(memory used, memory total) of GPU 0 in MiB, as nvidia-smi reports it (every process counted)."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits",
+                          "-i", "0"], capture_output=True, text=True, timeout=30, check=True).stdout
+    used, total = (int(x) for x in out.split(","))
+    return used, total
+
+
+@pytest.fixture(scope="module")
+def session(vllm_python: str) -> QuantSession:
+    cache = os.environ.get("QUANT_CACHE_DIR")
+    settings = Settings(cli={"profile": "guide", "group_size": "auto", "backend": "vllm", "vllm_python": vllm_python,
+                             "limit": 20}, env={})
+    return QuantSession(settings, Path(cache) if cache else None)
+
+
+def test_base_and_quantized_engines_are_alive_together_within_the_budget(session: QuantSession) -> None:
+    case = Case(MODEL, "W4A16")
+    session.checkpoint(case)
+    run = session.run("quant_facts")
+    ids = session.order("quant_facts")[:20]
+    base = session.items(Target(MODEL), run, ids)
+    quantized = session.items(Target.of(case), run, ids)
+    used, total = used_mib()
+    assert len(ENGINES.engines) == 2, f"expected the base and the quantized engine alive, found {len(ENGINES.engines)}"
+    assert used <= GPU_BUDGET * total, f"{used} MiB used of {total} MiB with two engines at {GPU_ENGINE_SHARE}"
+    assert any("Marlin" in k or "Machete" in k for k in quantized.kernels), quantized.kernels
+    assert len(base.items) == len(quantized.items) == 20
+
+
+def test_a_build_in_the_process_closes_the_engines_and_an_engine_starts_after_it(session: QuantSession) -> None:
+    assert ENGINES.engines, "the previous test leaves two engines alive"
+    target = Target(MODEL, "W8A8", recipe=RecipeSpec("W8A8", smoothing_strength=0.8),
+                    calibration=CalibrationSpec("bundled", 16, 128, 4))
+    ck = session.build(target)
+    assert not ENGINES.engines, "a build on the GPU must close the vLLM engines first"
+    run = session.run("quant_facts")
+    result = session.items(target, run, session.order("quant_facts")[:20])
+    used, total = used_mib()
+    assert used <= GPU_BUDGET * total
+    assert any("ScaledMM" in k for k in result.kernels), result.kernels
+    assert ck.path.is_dir()

@@ -1,0 +1,153 @@
+"""Several GPUs through the plugin (run on the lent two-GPU machine by scripts/gpu/device.sh multi).
+
+Each test records its measurements in $QUANT_MULTI_OUT/multi.json (wall times, per-GPU peaks, agreement), which
+docs/GPU.md tabulates. Skipped on machines with fewer than two GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_quant.build import build_checkpoint
+from pytest_quant.calibration import CalibrationSpec
+from pytest_quant.checks import checkpoint_problems
+from pytest_quant.evaluate import EvalRun, evaluate, release_models
+from pytest_quant.fidelity import fidelity
+from pytest_quant.models import materialize, resolve_model
+from pytest_quant.options import PROFILES
+from pytest_quant.recipes import RecipeSpec
+from pytest_quant.store import Store
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                                                  reason="needs two CUDA GPUs")]
+MODEL = "smollm2-135m-instruct"
+GUIDE = CalibrationSpec("bundled", PROFILES["guide"]["num_samples"], PROFILES["guide"]["max_seq_length"], "auto")
+RESULTS = Path(os.environ.get("QUANT_MULTI_OUT", "/tmp")) / "multi.json"
+
+
+def record(name: str, value: Any) -> None:
+    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    data[name] = value
+    RESULTS.write_text(json.dumps(data, indent=2))
+
+
+def peak_mib() -> list[int]:
+    """Memory used now on each GPU (nvidia-smi, MiB): sampled in a thread during the build below."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def sampled(fn: Any) -> tuple[Any, float, list[int]]:
+    """(fn(), wall seconds, per-GPU peak MiB while it ran)."""
+    import threading
+
+    peaks, done = [0, 0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peaks[:] = [max(a, b) for a, b in zip(peaks, peak_mib())]
+            time.sleep(0.5)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    start = time.perf_counter()
+    try:
+        out = fn()
+    finally:
+        done.set()
+        t.join()
+    return out, round(time.perf_counter() - start, 1), peaks
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    return Store(tmp_path_factory.mktemp("multi-store"))
+
+
+@pytest.mark.parametrize("scheme", ["W4A16", "W8A8"])
+def test_two_gpu_build_finishes_and_matches_one_gpu(scheme: str, store: Store) -> None:
+    recipe = RecipeSpec(scheme, group_size="auto")
+    base, _ = materialize(resolve_model(MODEL), store)
+    row: dict[str, Any] = {}
+    cks = {}
+    for gpus in (1, 2):
+        ck, seconds, peaks = sampled(lambda: build_checkpoint(MODEL, recipe, GUIDE, store, device="cuda", gpus=gpus,
+                                                              timeout=600))
+        assert not checkpoint_problems(ck.path, ck.recipe), checkpoint_problems(ck.path, ck.recipe)
+        f = fidelity(base, ck.path, store, device="cuda")
+        cks[gpus] = ck
+        row[f"{gpus}gpu"] = {"seconds": seconds, "peak_mib": peaks, "kl": f["kl"], "top1": f["top1_agreement"]}
+        torch.cuda.empty_cache()
+    from safetensors.torch import load_file
+
+    one, two = (load_file(str(next(cks[g].path.glob("*.safetensors")))) for g in (1, 2))
+    same = {k: bool(torch.equal(one[k], two[k])) for k in one}
+    scales = [k for k in one if k.endswith("weight_scale")]
+    row["agreement"] = {"tensors_identical": f"{sum(same.values())}/{len(same)}",
+                        "max_scale_rel_diff": max(float(((one[k].float() - two[k].float()).abs()
+                                                         / one[k].float().abs().clamp_min(1e-12)).max())
+                                                  for k in scales)}
+    record(f"build {scheme}", row)
+    assert row["2gpu"]["kl"] < 0.5 and row["2gpu"]["top1"] > 0.7  # the same bounds as the suite's fidelity gate
+
+
+def test_tensor_parallel_evaluation_gives_the_one_gpu_answers(store: Store) -> None:
+    recipe = RecipeSpec("W4A16", group_size="auto")
+    ck = build_checkpoint(MODEL, recipe, GUIDE, store, device="cuda")
+    run = EvalRun("quant_facts", num_fewshot=0)
+    ids = list(range(389))
+    row = {}
+    answers = {}
+    for gpus in (1, 2):
+        (res, seconds, peaks) = sampled(lambda: evaluate(ck.path, {run: ids}, Store(store.root / f"tp{gpus}"),
+                                                         backend="vllm", vllm_python=os.environ["QUANT_VLLM_PYTHON"],
+                                                         device="cuda", gpus=gpus, label=f"W4A16 tp={gpus}")[run])
+        release_models()
+        answers[gpus] = [res.items[i]["acc"] for i in ids]
+        row[f"tp{gpus}"] = {"seconds": seconds, "peak_mib": peaks, "acc": sum(answers[gpus]) / len(ids),
+                            "kernels": res.kernels}
+    row["items_differing"] = sum(a != b for a, b in zip(answers[1], answers[2]))
+    record("tensor parallel", row)
+    assert row["items_differing"] <= 8, row  # 2% of the task: reduction order moves near-ties only
+
+
+def test_xdist_gives_each_worker_its_own_gpu(tmp_path: Path) -> None:
+    """``pytest -n 2`` on two GPUs: each worker builds and evaluates its scheme on its own GPU, against serial."""
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        "import os, torch\n"
+        "def test_gpu(quantized_checkpoint, quant_scheme):\n"
+        "    print(f\"SCHEME {quant_scheme} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')} "
+        "devices={torch.cuda.device_count()} bus={torch.cuda.get_device_properties(0).pci_bus_id}\")\n")
+    timings = {}
+    for workers in ("serial", "2"):
+        env = {**os.environ, "QUANT_CACHE_DIR": str(tmp_path / f"store-{workers}")}
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        cmd = [sys.executable, "-m", "pytest", "-p", "pytest_quant.plugin", "-p", "no:cacheprovider", str(probe),
+               "--pyargs", "pytest_quant.suite", "-k", "probe or accuracy", "--quant-profile", "ci",
+               "--quant-group-size", "auto", "--quant-backend", "vllm", "-s", "-q", "--rootdir", str(tmp_path)]
+        if workers != "serial":
+            cmd += ["-n", workers]
+        start = time.perf_counter()
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+        timings[workers] = round(time.perf_counter() - start, 1)
+        assert p.returncode in (0, 1), p.stdout[-3000:] + p.stderr[-2000:]
+        lines = [line for line in p.stdout.splitlines() if line.startswith("SCHEME")]
+        if workers != "serial":
+            assert len(lines) == 2, p.stdout[-3000:]
+            buses = {line.split("bus=")[1] for line in lines}
+            assert all("devices=1" in line for line in lines), lines
+            assert len(buses) == 2, f"the two workers shared a GPU: {lines}"
+            timings["workers"] = lines
+    timings["ratio"] = round(timings["2"] / timings["serial"], 2)
+    record("xdist", timings)
