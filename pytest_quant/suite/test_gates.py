@@ -7,7 +7,6 @@ import pytest
 from pytest_quant.build import Checkpoint
 from pytest_quant.checks import checkpoint_problems, generate
 from pytest_quant.gating import run_fidelity
-from pytest_quant.hardware import SUPPORT
 from pytest_quant.rows import conclude
 from pytest_quant.session import Case, QuantSession, Target
 
@@ -40,12 +39,12 @@ def test_fidelity(request: pytest.FixtureRequest, quant_session: QuantSession, q
 
 
 def test_vllm_kernel(quant_session: QuantSession, quant_case: Case) -> None:
-    """On vLLM's CPU backend, the scheme runs on the kernel the hardware table names."""
-    if quant_session.backend != "vllm" or quant_session.device.kind != "cpu":
-        pytest.skip(f"checks vLLM's CPU kernels; this session runs {quant_session.backend} on "
-                    f"{quant_session.device.describe()}")
+    """With vLLM, the checkpoint runs on the kernel vLLM itself names for this scheme on this device."""
+    support = quant_session.vllm_support
+    if support is None:
+        pytest.skip(f"checks vLLM's kernel choice; this session evaluates with {quant_session.backend}")
     task = quant_session.settings.get("task")[0]
     ids = quant_session.order(task)[:quant_session.looks(task)[0]]
     result = quant_session.items(Target.of(quant_case), quant_session.run(task), ids)
-    expected = SUPPORT[quant_case.scheme].cpu_kernel
-    assert expected in result.kernels, f"vLLM used {result.kernels}, expected {expected}"
+    expected = support[quant_case.scheme]["kernel"]
+    assert expected in result.kernels, f"vLLM used {result.kernels}, its kernel choice for this device is {expected}"
