@@ -3,7 +3,10 @@
 # about 30 s between calls and keeps /tmp. scripts/gpu/prepare.sh (here) cut the wheels into .gpu/part.NN.
 #   1..N. carry [".gpu/part.K", ".gpu/stage.sha256", ".gpu/parts.txt"]:  bash scripts/gpu/device.sh stage
 #         (the call that brings the last part also assembles and installs)
-#   then: bash scripts/gpu/device.sh suite        the shipped suite, vLLM and transformers backends, guide profile
+#   then: bash scripts/gpu/device.sh suite        the shipped suite with vLLM, guide profile, raw log and report
+#         bash scripts/gpu/device.sh compare      the accuracy gates with transformers on the same GPU, the engine
+#                                                 pool tests (tests/test_gpu_vllm.py), vLLM's kernel choice per
+#                                                 capability (7.5, 8.0, 9.0)
 #         bash scripts/gpu/device.sh multi        two GPUs: distributed build, tensor parallel, one GPU per worker
 # Sites: /tmp/site (llm-compressor 0.19 side, pytest runs here) and /tmp/site-vllm (vLLM 0.26 and its
 # compressed-tensors 0.17, first on the path of /tmp/vllm-python, the interpreter the plugin starts vLLM with).
@@ -46,18 +49,27 @@ PYTEST=(python3 -m pytest -p pytest_quant.plugin -p no:cacheprovider -q -o log_c
 case "$phase" in
   suite)
     SECONDS=0
-    timeout 420 "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
+    timeout 470 "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
       --quant-backend vllm --quant-report "$OUT/suite-vllm.json" 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" \
       > "$OUT/suite-vllm.log"
-    echo "[gpu] vllm suite: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-vllm.log"; tail -22 "$OUT/suite-vllm.log"
+    echo "[gpu] vllm suite: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-vllm.log"; tail -25 "$OUT/suite-vllm.log"
+    ;;
+  compare)
     SECONDS=0
-    timeout 150 "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
+    timeout 240 "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
       --quant-backend hf -k "accuracy" --quant-report "$OUT/suite-hf.json" 2>&1 \
       | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/suite-hf.log"
     echo "[gpu] hf accuracy gates: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-hf.log"; tail -12 "$OUT/suite-hf.log"
-    timeout 120 "${PYTEST[@]}" tests/test_gpu_vllm.py -rs 2>&1 | tail -15 | tee "$OUT/gpu-tests.log"
+    timeout 150 "${PYTEST[@]}" tests/test_gpu_vllm.py -rs 2>&1 | grep -v -E "is ignored" | tail -15 | tee "$OUT/gpu-tests.log"
+    for cc in 75 80 90; do   # vLLM's own kernel choice per capability (recorded for tests/test_units.py)
+      timeout 120 python3 -c "import json, sys; from pytest_quant.evaluate import probe_schemes; print(json.dumps(probe_schemes('/tmp/vllm-python', $cc, sys.argv[1]), indent=1))" \
+        '{"W4A16": {"weight_only": true, "bits": 4, "group_size": 64, "g_idx": false}, "W8A16": {"weight_only": true, "bits": 8, "group_size": 128, "g_idx": false}, "W8A8": {"weight_only": false, "bits": 8, "group_size": -1, "g_idx": false}}' \
+        > "$OUT/vllm-support-cc$cc.json" 2>> "$OUT/probe.err"
+    done
+    head -c 600 "$OUT/vllm-support-cc75.json"
     ;;
   multi)
+    export QUANT_MULTI_OUT=$OUT
     timeout 560 "${PYTEST[@]}" tests/test_multi_gpu_run.py -rs 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" \
       | tee "$OUT/multi.log" | tail -40
     ;;
