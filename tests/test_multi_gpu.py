@@ -152,3 +152,14 @@ def test_each_xdist_worker_sees_only_its_gpus_unless_the_user_chose(monkeypatch)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     plugin._assign_worker_gpus(SimpleNamespace())  # not an xdist worker: nothing set
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_tensor_parallel_that_does_not_divide_the_heads_is_a_usage_error(tmp_path: Path) -> None:
+    """Found on two H200s: vLLM refused tensor_parallel_size=2 for SmolLM2-135M (9 attention heads) after the
+    engine had started; the plugin says so before any engine starts."""
+    from pytest_quant.evaluate import check_tensor_parallel
+
+    (tmp_path / "config.json").write_text('{"num_attention_heads": 9}')
+    with pytest.raises(QuantUsageError, match=r"--quant-eval-gpus 2: .* 9 attention heads .* use one of \[1, 3, 9\]"):
+        check_tensor_parallel(tmp_path, 2)
+    check_tensor_parallel(tmp_path, 3)

@@ -137,7 +137,7 @@ def test_xdist_gives_each_worker_its_own_gpu(tmp_path: Path) -> None:
                "--pyargs", "pytest_quant.suite", "-k", "probe or accuracy", "--quant-profile", "ci",
                "--quant-group-size", "auto", "--quant-backend", "vllm", "-s", "-q", "--rootdir", str(tmp_path)]
         if workers != "serial":
-            cmd += ["-n", workers]
+            cmd += ["-n", workers, "--dist", "loadgroup"]
         start = time.perf_counter()
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
         timings[workers] = round(time.perf_counter() - start, 1)

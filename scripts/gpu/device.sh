@@ -25,7 +25,9 @@ install() {
   (cd /tmp/gpu-parts && cat $(cat parts.txt) > stage.tar && sha256sum -c stage.sha256 && tar -xf stage.tar) || return 1
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/gpu-parts/stage/quant/*.whl
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-vllm /tmp/gpu-parts/stage/vllm/*.whl
-  printf '#!/bin/sh\nPYTHONPATH=/tmp/site-vllm:/tmp/site exec python3 "$@"\n' > /tmp/vllm-python && chmod +x /tmp/vllm-python
+  # FlashInfer is not carried: vLLM's sampler must not look for it (greedy sampling does not use it anyway).
+  printf '#!/bin/sh\nVLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=/tmp/site-vllm:/tmp/site exec python3 "$@"\n' > /tmp/vllm-python
+  chmod +x /tmp/vllm-python
   echo "[stage] installed in ${SECONDS}s: $(du -sh /tmp/site /tmp/site-vllm | tr '\n' ' ')"
 }
 
