@@ -6,6 +6,7 @@ load model -> prepare calibration data -> ``oneshot`` with the recipe -> ``save_
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import resource
 import time
 from dataclasses import dataclass
@@ -97,6 +98,47 @@ def _shape_model(path: Path, trust_remote_code: bool) -> Any:
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
+def calibration_dtype(device: str) -> Any:
+    """The dtype a build calibrates in: the model's own ("auto", as the guides) on a GPU; float32 on a CPU.
+
+    On CPUs without native bfloat16 (no AVX-512 BF16 or AMX) a bf16 matmul is emulated: measured 25x slower than
+    float32 on a 2-core AMD EPYC with AVX2 (docs/PERFORMANCE.md), and its rounding depends on which path the CPU
+    takes. float32 is fast on every CPU and rounds alike; the saved checkpoint is cast back (cast_checkpoint).
+    """
+    if device == "cpu":
+        import torch
+
+        return torch.float32
+    return "auto"
+
+
+def base_dtype(base_path: Path) -> str | None:
+    """The base model's dtype from its config (torch_dtype, or dtype in newer transformers)."""
+    config = json.loads((base_path / "config.json").read_text())
+    return config.get("dtype") or config.get("torch_dtype")
+
+
+def cast_checkpoint(out: Path, dtype: str | None) -> None:
+    """Give a checkpoint calibrated in float32 the base model's dtype: float32 tensors (scales, norms, unquantized
+    layers) cast, integer tensors (packed or int8 weights, zero points) untouched, the config's dtype set; as a
+    build on a GPU saves it."""
+    if dtype not in ("bfloat16", "float16"):
+        return
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    target = getattr(torch, dtype)
+    for f in sorted(out.glob("*.safetensors")):
+        tensors = load_file(str(f))
+        save_file({k: v.to(target) if v.dtype == torch.float32 else v for k, v in tensors.items()}, str(f),
+                  metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = dtype
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def batch_size(calib: CalibrationSpec, device: str) -> int:
     """The calibration batch size to use: the spec's, or for 'auto' the one measured to pay on ``device``."""
     return AUTO_BATCH.get(device, 1) if calib.batch_size == "auto" else int(calib.batch_size)
@@ -120,7 +162,8 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
     batch = batch_size(calib, device)
     t0 = time.perf_counter()
     log(f"loading {base_path} for {recipe.scheme}")
-    model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto", trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=calibration_dtype(device),
+                                                 trust_remote_code=trust_remote_code)
     t1 = time.perf_counter()
     log(f"calibrating {recipe.scheme} on {len(dataset)} samples x <= {calib.max_seq_length} tokens ({device}, "
         f"batch {batch})")
@@ -137,6 +180,8 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
     log(f"saving compressed-tensors checkpoint ({recipe.format})")
     model.save_pretrained(str(out), save_compressed=True)
     tokenizer.save_pretrained(str(out))
+    if device == "cpu":
+        cast_checkpoint(out, base_dtype(base_path))
     t3 = time.perf_counter()
     info: dict[str, Any] = {"device": device, "torch_threads": torch.get_num_threads(), "batch_size": batch,
                             "seconds": {"load": round(t1 - t0, 2), "calibrate": round(t2 - t1, 2),
@@ -171,6 +216,7 @@ def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpe
                         "batch_size": batch_size(calibration, device)},
         "versions": {**versions(), "pytest-quant": __version__},
         "device": device,
+        "calibration_dtype": str(calibration_dtype(device)),
         # float sums run in another order with another thread count: the bytes differ (tests/test_e2e_build.py)
         "threads": _threads() if device == "cpu" else None,
         "gpus": gpus,
