@@ -71,7 +71,9 @@ def given_checkpoint(path: Path, model: str, scheme: str) -> Checkpoint:
     if problems:
         raise QuantUsageError(f"checkpoint {path} is not a usable compressed-tensors checkpoint: "
                               + "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
-    recipe = RecipeSpec(scheme) if scheme in SCHEMES else None
+    from .checks import checkpoint_recipe
+
+    recipe = checkpoint_recipe(path)
     return Checkpoint(path, None, resolve_model(model), recipe, {"key": content_digest(path)[:32], "seconds": None},
                       True, scheme)
 

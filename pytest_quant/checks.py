@@ -51,6 +51,41 @@ def checkpoint_scheme(path: Path) -> str:
     return f"W{weights.get('num_bits', '?')}A{acts.get('num_bits', 16) if acts else 16}{kind}"
 
 
+def checkpoint_recipe(path: Path) -> RecipeSpec | None:
+    """The recipe a compressed-tensors checkpoint was built with, as far as its ``quantization_config`` says:
+    scheme, group size (-1 for per-channel), activation ordering and ignore list (dampening and smoothing are not
+    saved). None for a scheme pytest-quant does not build."""
+    scheme = checkpoint_scheme(path)
+    if scheme not in SCHEMES:
+        return None
+    q = quantization_config(path)
+    weights = (list(q["config_groups"].values())[0].get("weights")) or {}
+    group_size = weights.get("group_size") if weights.get("strategy") == "group" else -1
+    actorder = weights.get("actorder")
+    return RecipeSpec(scheme, group_size=group_size if scheme != "W8A8" else None,
+                      actorder=str(actorder) if actorder else None, ignore=tuple(q.get("ignore") or ()))
+
+
+# Options that say how a checkpoint was built: with --quant-checkpoint they are read from the checkpoint itself.
+RECIPE_OPTIONS = ("scheme", "group_size", "actorder", "ignore")
+
+
+def contradictions(recipe: RecipeSpec, given: dict[str, tuple[Any, str]]) -> list[str]:
+    """Options the user set (name -> (value, where)) that contradict the checkpoint's own recipe."""
+    own = {"scheme": recipe.scheme, "group_size": recipe.effective_group_size or -1, "actorder": recipe.actorder,
+           "ignore": sorted(set(recipe.ignore) - {"lm_head"})}
+    out = []
+    for name, (value, where) in given.items():
+        mine = sorted(set(value) - {"lm_head"}) if name == "ignore" else value
+        if name == "group_size" and value == "auto":
+            continue  # 'auto' asks for whatever fits: the checkpoint's
+        if name == "scheme":
+            mine = value[0] if len(value) == 1 else value
+        if mine != own[name] and not (name == "actorder" and mine in (None, "none") and own[name] in (None, "none")):
+            out.append(f"{where} {mine!r} contradicts the checkpoint's {name} {own[name]!r}")
+    return out
+
+
 def checkpoint_problems(path: Path, recipe: RecipeSpec | None = None) -> list[str]:
     """Every way the checkpoint at ``path`` differs from a compressed-tensors checkpoint (of ``recipe``)."""
     if not (path / "config.json").is_file():

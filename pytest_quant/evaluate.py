@@ -81,6 +81,7 @@ class ItemResults:
     cached: bool = False  # every item came from the store
     numerics: dict[str, Any] = field(default_factory=dict)  # code paths that computed them (lm_runner.numerics)
     elsewhere: str | None = None  # says so when some were measured on another machine (machine.elsewhere_note)
+    machine: dict[str, Any] = field(default_factory=dict)  # the evaluating machine's signature (machine.signature)
 
     def values(self, metric: str, ids: list[int]) -> list[Value]:
         """The metric's value on each of ``ids``, in that order."""
@@ -502,7 +503,7 @@ class Evaluator:
             out[run] = ItemResults({i: items[i] for i in ids if i in items}, counts, self.backend, round(seconds, 2),
                                    last.get("kernels", []), last.get("versions", {}), cached=run not in missing,
                                    numerics=last.get("numerics", {}),
-                                   elsewhere=elsewhere_note([m or {} for m in machines], here))
+                                   elsewhere=elsewhere_note([m or {} for m in machines], here), machine=here)
         return out
 
 

@@ -8,7 +8,7 @@ up to ``max_items``), each look at its share of ``alpha`` (:mod:`.stats`).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 from .baseline import Baseline
 from .build import Checkpoint
@@ -19,7 +19,7 @@ from .power import items_to_decide
 from .rows import GateRow, verdict_outcome
 from .session import Case, QuantSession, Target
 from .stats import FAIL, PASS, UNDECIDED, decide, sequential
-from .tasks import higher_is_better, task_size
+from .tasks import higher_is_better, lm_eval_version, task_digest, task_size
 
 POWER = 0.8  # the share of runs that should decide, in the UNDECIDED hint
 
@@ -96,8 +96,10 @@ def to_decide(verdict: Verdict, first: int, alpha: float, available: int | None,
 
 
 def gate(session: QuantSession, q_target: Target, b_target: Target, run: EvalRun, metric: str, t: Threshold,
-         marker: dict[str, Any]) -> tuple[Verdict, int, int, dict[str, Any]]:
-    """Decide ``t`` on ``run`` with looks: (verdict, items used, looks, the last look's results)."""
+         marker: dict[str, Any], extra: Callable[[list[int], list[Any]], dict[str, list[float]]] | None = None
+         ) -> tuple[Verdict, int, int, dict[str, Any]]:
+    """Decide ``t`` (and the bounds ``extra`` scores on the quantized values, e.g. a paired baseline) on ``run``
+    with looks: (verdict, items used, looks, the last look's results)."""
     order, looks = session.order(run.task, marker), session.looks(run.task, marker)
     got: dict[str, Any] = {}
 
@@ -107,7 +109,10 @@ def gate(session: QuantSession, q_target: Target, b_target: Target, run: EvalRun
         got["qv"] = got["q"].values(metric, ids)
         got["b"] = session.items(b_target, run, ids) if t.needs_base else None
         got["bv"] = got["b"].values(metric, ids) if got["b"] is not None else None
-        return combine(bound_scores(metric, t, got["qv"], got["bv"]), alpha)
+        scores = bound_scores(metric, t, got["qv"], got["bv"])
+        if extra is not None:
+            scores.update(extra(ids, got["qv"]))
+        return combine(scores, alpha)
 
     alpha = session.settings.get("alpha", marker)
     verdict, n, taken = sequential(at, looks, alpha, lambda v: v.verdict)
@@ -149,21 +154,28 @@ def run_accuracy(session: QuantSession, spec: AccuracySpec, case: Case, ck: Chec
                  baseline: Baseline | None) -> GateRow:
     marker, metric = spec.marker, spec.metric
     run = _run(session, spec, spec.add_bos_token)
-    outcome = gate(session, target_for(session, case, ck), Target(case.model), run, metric, spec.threshold, marker)
+    key = "|".join([case.model, case.scheme, spec.task, metric, f"bos={run.add_bos_token}"])
+    digest = task_digest(spec.task, lm_eval_version())
+    rtol = session.settings.get("baseline_rtol")
+    scorer, why = baseline.paired(key, metric, rtol, digest) if baseline is not None else (None, "")
+    outcome = gate(session, target_for(session, case, ck), Target(case.model), run, metric, spec.threshold, marker,
+                   scorer)
     n, got = outcome[1], outcome[3]
     settings = {"num_fewshot": run.num_fewshot, "items": n, "item_seed": session.settings.get("item_seed", marker),
                 "add_bos_token": run.add_bos_token, "apply_chat_template": run.apply_chat_template,
                 "backend": session.backend, "calibration": session.calibration().__dict__}
-    key = "|".join([case.model, case.scheme, spec.task, metric, f"bos={run.add_bos_token}"])
     verdicts, messages = [], []
     if baseline is not None:
         q, se = aggregate(metric, got["qv"])
-        b_verdict, text = baseline.compare(key, metric, q, se, settings, got["q"].versions,
-                                           session.settings.get("baseline_rtol"), session.settings.get("alpha", marker))
+        b_verdict, text = baseline.compare(key, metric, q, se, settings, got["q"].versions, rtol,
+                                           session.settings.get("alpha", marker), got["q"].machine,
+                                           paired=scorer is not None, why=why)
         messages.append(text)
         verdicts += [b_verdict] if b_verdict else []
     return _row(session, case.model, case.scheme, run, metric, spec.threshold, marker, outcome, verdicts, messages,
-                key=key, build_seconds=ck.manifest.get("seconds"), extra={"settings": settings})
+                key=key, build_seconds=ck.manifest.get("seconds"),
+                extra={"settings": settings, "task_digest": digest, "machine": got["q"].machine,
+                       "baseline_comparison": None if baseline is None else "paired" if scorer else "unpaired"})
 
 
 def yaml_recovery(session: QuantSession, target: Target, run: EvalRun, metric: str, t: Threshold,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import pytest
 
@@ -12,7 +12,7 @@ from . import gating
 from .baseline import Baseline, save_baseline
 from .build import Checkpoint
 from .calibration import check_jsonl
-from .checks import checkpoint_problems
+from .checks import RECIPE_OPTIONS, checkpoint_problems, checkpoint_recipe, contradictions
 from .errors import QuantError, QuantUsageError
 from .hardware import visible_gpus, why_skip, worker_gpus
 from .machine import describe, signature
@@ -21,7 +21,7 @@ from .models import resolve_model
 from .options import Settings, add_options
 from .recipes import RecipeSpec
 from .report import table, write_report
-from .rows import RowCollector, conclude, mark_quant_item
+from .rows import RowCollector, conclude, error_row, mark_quant_item
 from .session import Case, QuantSession
 from .stash import BASELINE, COLLECTOR, SESSION, SPECS
 from .tasks import check_metric, primary_metric
@@ -56,6 +56,12 @@ def _validate(settings: Settings, qs: QuantSession, config: pytest.Config) -> No
             if problems:
                 raise QuantUsageError(f"--quant-checkpoint {case.checkpoint} cannot be evaluated: {problems[0]}"
                                       + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+            recipe = checkpoint_recipe(Path(case.checkpoint))
+            given = {n: (settings.get(n), found[1]) for n in RECIPE_OPTIONS if (found := settings.source(n))}
+            clash = contradictions(recipe, given) if recipe else []
+            if clash:
+                raise QuantUsageError(f"--quant-checkpoint {case.checkpoint}: {clash[0]}; the checkpoint's own "
+                                      "recipe is used, drop the option")
     qs.calibration()
     cache = settings.source("cache_dir")
     if cache and Path(cache[0]).exists() and not Path(cache[0]).is_dir():
@@ -104,11 +110,31 @@ def pytest_configure(config: pytest.Config) -> None:
         qs = QuantSession(settings, *_cache_dir(config))
         _validate(settings, qs, config)
     except QuantError as e:
+        _report_refusal(config, str(e))
         raise pytest.UsageError(f"pytest-quant: {e}") from None
     config.stash[SESSION] = qs
     _assign_worker_gpus(config)  # before anything in this worker initializes CUDA
     config.stash[COLLECTOR] = RowCollector()
     config.pluginmanager.register(config.stash[COLLECTOR], "pytest-quant-rows")
+
+
+def _report_refusal(config: pytest.Config, reason: str) -> None:
+    """A run refused at its start still writes the JSON report it was asked for: one ERROR row, passed false,
+    so a CI step that reads the report finds why (a report path that is itself the bad value is skipped)."""
+    path = config.getoption("quant_report") or os.environ.get("QUANT_REPORT") or config.getini("quant_report")
+    if not path or hasattr(config, "workerinput"):
+        return
+    try:
+        write_report(path, [error_row("pytest-quant", {}, f"refused: {reason}").as_dict()], ["pytest-quant"],
+                     pytest.ExitCode.USAGE_ERROR, {"machine": signature()})
+    except OSError:
+        pass
+
+
+def _refuse(config: pytest.Config, reason: str) -> NoReturn:
+    """Stop a run refused after its start (collection): an ERROR row for the report, then a usage error (exit 4)."""
+    config.stash[COLLECTOR].rows.append(error_row("pytest-quant", {}, f"refused: {reason}").as_dict())
+    raise pytest.UsageError(f"pytest-quant: {reason}") from None
 
 
 def _session(config: pytest.Config) -> QuantSession:
@@ -145,10 +171,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         try:
             specs = item.stash[SPECS] = parse_markers(item)
         except QuantError as e:
-            raise pytest.UsageError(f"pytest-quant: {item.nodeid}: {e}") from None
+            _refuse(config, f"{item.nodeid}: {e}")
         if (specs["quant_accuracy"] or specs["quant_bos"]) and case is None:
-            raise pytest.UsageError(f"pytest-quant: {item.nodeid}: quant_accuracy/quant_bos need the test to use "
-                                    "the quantized_checkpoint fixture (it picks the model and scheme)")
+            _refuse(config, f"{item.nodeid}: quant_accuracy/quant_bos need the test to use the quantized_checkpoint "
+                            "fixture (it picks the model and scheme)")
         quant = case is not None or hasattr(item, "quant_check") or any(specs.values())
         if not quant:
             continue
@@ -156,7 +182,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             try:
                 qs.store  # noqa: B018  (fail collection, not every test, when there is nowhere to keep builds)
             except QuantError as e:
-                raise pytest.UsageError(f"pytest-quant: {e}") from None
+                _refuse(config, str(e))
         info = {"model": case.model if case else getattr(item, "quant_model", "-"),
                 "scheme": case.scheme if case else getattr(item, "quant_scheme", "-")}
         mark_quant_item(item, info)
@@ -188,12 +214,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 item.plan(qs)
             if case is None or specs is None:
                 continue
+            qs.check_build(case)  # the model can be had and the recipe fits its layers: a usage error if not
             for spec in specs["quant_accuracy"]:
                 gating.plan_accuracy(qs, spec, case)
             for spec in specs["quant_bos"]:
                 gating.plan_bos(qs, spec, case)
     except QuantError as e:
-        raise pytest.UsageError(f"pytest-quant: {e}") from None
+        _refuse(config, str(e))
 
 
 @pytest.hookimpl(wrapper=True)

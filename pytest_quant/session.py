@@ -91,6 +91,7 @@ class QuantSession:
         self._support: dict[str, dict[str, str]] | None = None
         self._checkpoints: dict[Any, Checkpoint] = {}
         self._bases: dict[str, tuple[Path, Any]] = {}
+        self._checked: set[Case] = set()
         self.planned: dict[Target, dict[EvalRun, set[int]]] = {}
         self._results: dict[tuple[Target, EvalRun], ItemResults] = {}
 
@@ -178,6 +179,18 @@ class QuantSession:
         if model not in self._bases:
             self._bases[model] = materialize(resolve_model(model), self.store, rebuild=False)
         return self._bases[model]
+
+    def check_build(self, case: Case) -> None:
+        """Refuse, before any test runs, a case whose model cannot be had (an offline hub id) or whose recipe
+        cannot quantize it (a group size that divides no layer, an ignore list that leaves no layer)."""
+        if case.checkpoint or case in self._checked:
+            return
+        from .build import _shape_model
+        from .recipes import check_shapes
+
+        base_path, _ = self.base(case.model)
+        check_shapes(_shape_model(base_path, self.trust_remote_code), self.recipe(case.scheme))
+        self._checked.add(case)
 
     def checkpoint(self, case: Case) -> Checkpoint:
         return self.build(Target.of(case))

@@ -10,6 +10,8 @@ Any other name is passed to lm-eval unchanged (gsm8k, arc_easy, ... for users wh
 
 from __future__ import annotations
 
+import json
+
 import random
 from functools import lru_cache
 from pathlib import Path
@@ -116,9 +118,55 @@ def _external_config(task: str) -> dict[str, Any]:
     return manager._factory._load_full_config(manager.task_index[task])  # noqa: SLF001
 
 
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face Hub answers (3 s at most); False in the hub libraries' offline modes."""
+    import os
+    import socket
+
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached(path: str) -> bool:
+    """Whether a hub dataset has a local copy (the datasets cache or the hub cache)."""
+    import os
+
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets"))
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
+    return (datasets_cache / path.replace("/", "___")).is_dir() or (hub_cache / f"datasets--{path.replace('/', '--')}").is_dir()
+
+
+@lru_cache(maxsize=None)
+def check_available(task: str, config: str) -> None:
+    """Refuse, before anything loads, a task whose data lives on the Hugging Face Hub when the hub cannot be
+    reached and no copy is cached (``config``: the task's resolved config as JSON). datasets would otherwise retry
+    for half a minute and end in a ConnectionError that names neither the task nor what to do."""
+    cfg = json.loads(config)
+    path = cfg.get("dataset_path")
+    if not path or "/" not in path or Path(path).exists() or _cached(path) or _hub_reachable():
+        return
+    name = f" (config {cfg['dataset_name']!r})" if cfg.get("dataset_name") else ""
+    raise QuantUsageError(
+        f"task {task!r} reads dataset {path!r}{name} from the Hugging Face Hub, which this machine cannot reach, "
+        "and no copy is cached: run it once where the hub is reachable (datasets keeps a copy; HF_DATASETS_OFFLINE=1 "
+        f"then works offline), or use a bundled task ({', '.join(BUNDLED_TASKS)}); a YAML config runs the task it "
+        "names (--quant-task does not change it)")
+
+
 def task_metrics(task: str) -> set[str]:
-    """The metrics a task produces ('acc', 'exact_match,strict-match', ...); unknown task: a usage error."""
-    return _metric_names(BUNDLED_TASKS[task] if task in BUNDLED_TASKS else _external_config(task))
+    """The metrics a task produces ('acc', 'exact_match,strict-match', ...); unknown task, or a hub task that
+    cannot be had offline: a usage error."""
+    if task in BUNDLED_TASKS:
+        return _metric_names(BUNDLED_TASKS[task])
+    config = _external_config(task)
+    check_available(task, json.dumps(config, sort_keys=True, default=str))
+    return _metric_names(config)
 
 
 def check_metric(task: str, metric: str) -> None:
@@ -153,12 +201,20 @@ def fixed_fewshot(task: str) -> int | None:
     return 0 if cfg.get("output_type") == "loglikelihood_rolling" else None
 
 
+def lm_eval_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("lm_eval")
+
+
 def task_digest(task: str, lm_eval_version: str) -> str:
-    """Hash of a task's definition and data (for bundled ones) or its name and lm-eval version."""
+    """Hash of a task's definition and data (for bundled ones: the data files' contents, never their paths, so
+    another install or a moved checkout has the same digest) or its name and lm-eval version."""
     if task not in BUNDLED_TASKS:
         return digest({"task": task, "lm_eval": lm_eval_version})
-    cfg = BUNDLED_TASKS[task]
-    data = {s: file_digest(Path(p)) for s, p in cfg["dataset_kwargs"]["data_files"].items()}
+    cfg = json.loads(json.dumps(BUNDLED_TASKS[task]))
+    files = cfg["dataset_kwargs"].pop("data_files")
+    data = {s: file_digest(Path(p)) for s, p in files.items()}
     return digest({"task": task, "config": cfg, "data": data})
 
 

@@ -230,6 +230,12 @@ class QuantYamlFile(pytest.File):
             raise self.CollectError(f"{self.path}: not valid YAML: {e}") from None
         except QuantUsageError as e:
             raise self.CollectError(f"{self.path}: {e}") from None
+        try:
+            yield from self._items(config)
+        except QuantUsageError as e:
+            raise self.CollectError(f"{self.path}: {e}") from None
+
+    def _items(self, config: VllmConfig | LlmCompressorConfig) -> Iterator[pytest.Item]:
         if isinstance(config, VllmConfig):
             for task in config.tasks:
                 for m in task.metrics:
@@ -331,8 +337,15 @@ class LlmCompressorItem(QuantYamlItem):
 
     @property
     def marker(self) -> dict[str, Any]:
+        """The config's evaluation fields, where it sets them; where it is silent the session's profile decides,
+        as for markers (llm-compressor's defaults, 1000 items 5-shot, would ignore --quant-profile ci)."""
         lm = self.spec.lmeval
-        return {"limit": lm.limit, "num_fewshot": lm.num_fewshot, "max_items": lm.limit}
+        out: dict[str, Any] = {}
+        if "limit" in lm.model_fields_set:
+            out.update(limit=lm.limit, max_items=lm.limit)
+        if "num_fewshot" in lm.model_fields_set:
+            out["num_fewshot"] = lm.num_fewshot
+        return out
 
     def case_target(self) -> Any:
         from .session import Target
@@ -342,7 +355,8 @@ class LlmCompressorItem(QuantYamlItem):
         cases = qs.cases() if qs.settings.get("checkpoint") else []
         if cases:  # --quant-checkpoint: gate that checkpoint instead of building one
             return Target(c.model, cases[0].scheme, checkpoint=cases[0].checkpoint, gpus=gpus, engine=_engine(c))
-        calibration = {"num_samples": c.num_calibration_samples, "max_seq_length": c.max_seq_length}
+        calibration = {k: getattr(c, f) for k, f in (("num_samples", "num_calibration_samples"),
+                                                     ("max_seq_length", "max_seq_length")) if f in c.model_fields_set}
         if c.dataset_id:
             calibration["calibration"] = c.dataset_id + (f":{c.dataset_split}" if c.dataset_split else "")
         return Target(c.model, c.scheme, qs.recipe(c.scheme, _knobs(c)), qs.calibration(calibration), gpus=gpus,

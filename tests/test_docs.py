@@ -36,8 +36,14 @@ def test_yaml_fields_documented() -> None:
         assert f"`{n}`" in DOC, n
 
 
-def test_marker_examples_in_the_docs_are_accepted() -> None:
-    """Every ``@pytest.mark.quant_*(...)`` in the README's and docs' Python examples parses (no stale arguments)."""
+def test_marker_examples_in_the_docs_are_accepted(tmp_path, monkeypatch) -> None:
+    """Every ``@pytest.mark.quant_*(...)`` in the README's and docs' Python examples parses (no stale arguments),
+    on a machine that has the hub tasks they name (gsm8k) in its datasets cache, as a user's has."""
+    from pytest_quant.tasks import check_available
+
+    (tmp_path / "openai___gsm8k").mkdir()
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+    check_available.cache_clear()
     texts = [(ROOT / "README.md").read_text(), *(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))]
     blocks = [b for t in texts for b in re.findall(r"```python\n(.*?)```", t, re.S)]
     calls = [c for b in blocks for c in re.findall(r"@pytest\.mark\.(quant_\w+\(.*?\))\n", b, re.S)]

@@ -11,6 +11,7 @@ import torch
 
 from pytest_quant.baseline import Baseline, save_baseline
 from pytest_quant.errors import QuantEnvironmentError, QuantUsageError
+from pytest_quant.tasks import check_available
 from pytest_quant.gates import Threshold, aggregate, bos_loss_scores, bound_scores, combine, isclose
 from pytest_quant.hardware import Device, skip_reason
 from pytest_quant.models import resolve_model
@@ -220,14 +221,30 @@ lmeval:
 """
 
 
-def test_upstream_llmcompressor_config_is_accepted_with_its_defaults() -> None:
+def test_upstream_llmcompressor_config_is_accepted_with_its_defaults(tmp_path, monkeypatch) -> None:
     import yaml
 
+    (tmp_path / "openai___gsm8k").mkdir()  # a machine with gsm8k in its datasets cache
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+    check_available.cache_clear()
     c = parse_config(yaml.safe_load(UPSTREAM_LLMC))
     assert isinstance(c, LlmCompressorConfig)
     assert (c.lmeval.task, c.lmeval.num_fewshot, c.lmeval.limit, c.lmeval.model) == ("gsm8k", 5, 1000, "vllm")
     assert c.lmeval.recovery_threshold == {"exact_match,strict-match": 0.94, "exact_match,flexible-extract": 0.94}
     assert c.num_calibration_samples == 512 and c.max_seq_length == 2048
+
+
+def test_an_upstream_config_whose_data_needs_the_hub_is_refused_offline_naming_the_dataset(tmp_path, monkeypatch) -> None:
+    """Issue 18: llm-compressor's w4a16_gptq.yaml offline ended in INTERNALERROR after 33 s of retries."""
+    import yaml
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check_available.cache_clear()  # an earlier test's answer for a machine with the data cached
+    with pytest.raises(QuantUsageError, match=r"lmeval.task: task 'gsm8k' reads dataset 'openai/gsm8k' \(config 'main'\) "
+                                              r"from the Hugging Face Hub.*HF_DATASETS_OFFLINE=1.*bundled task"):
+        parse_config(yaml.safe_load(UPSTREAM_LLMC))
 
 
 def test_vllm_format_defaults_to_rtol_0_08() -> None:
