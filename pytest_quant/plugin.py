@@ -122,8 +122,8 @@ def _report_refusal(config: pytest.Config, reason: str) -> None:
     """A run refused at its start still writes the JSON report it was asked for: one ERROR row, passed false,
     so a CI step that reads the report finds why (a report path that is itself the bad value is skipped)."""
     path = config.getoption("quant_report") or os.environ.get("QUANT_REPORT") or config.getini("quant_report")
-    if not path or hasattr(config, "workerinput"):
-        return
+    if not path or hasattr(config, "workerinput") or not Path(path).resolve().parent.is_dir():
+        return  # no report asked for, or its directory is missing (the refusal may be about that): nothing created
     try:
         write_report(path, [error_row("pytest-quant", {}, f"refused: {reason}").as_dict()], ["pytest-quant"],
                      pytest.ExitCode.USAGE_ERROR, {"machine": signature()})

@@ -160,7 +160,13 @@ class QuantSession:
         if len(models) != 1:
             raise QuantUsageError("--quant-checkpoint needs exactly one --quant-model: the base model the "
                                   f"checkpoints were made from (got {len(models)})")
-        return [Case(models[0], checkpoint_scheme(Path(c)), str(Path(c).resolve())) for c in checkpoints]
+        cases = []
+        for c in checkpoints:
+            try:
+                cases.append(Case(models[0], checkpoint_scheme(Path(c)), str(Path(c).resolve())))
+            except QuantUsageError as e:
+                raise QuantUsageError(f"--quant-checkpoint {c}: {e}") from None
+        return cases
 
     # -- build -------------------------------------------------------------------------------
     def calibration(self, overrides: dict[str, Any] | None = None) -> CalibrationSpec:

@@ -40,12 +40,15 @@ def items(self, target, run, ids):
     p = VALUES[name] - (0 if run.add_bos_token else VALUES.get("bos_drop_" + name, 0.02))
     if LOG:
         with open(LOG, "a") as f:
-            f.write(json.dumps([name, run.task, run.add_bos_token, len(ids)]) + "\\n")
+            c = (target.calibration or self.calibration()) if target.scheme else None
+            f.write(json.dumps([name, run.task, run.add_bos_token, len(ids),
+                                c and [c.num_samples, c.max_seq_length]]) + "\\n")
     return ItemResults({i: {"acc": float(u(i) < p), "acc_norm": float(u(i) < p)} for i in ids},
                        {"1": len(ids)} if run.add_bos_token else {"0": len(ids)}, "hf", 0.5, versions={"lm_eval": "x"})
 
 QuantSession.build = build
 QuantSession.items = items
+QuantSession.check_build = lambda self, case: None  # the real one loads the model's shapes
 QuantSession.backend = property(lambda self: os.environ.get("FAKE_BACKEND", "hf"))
 QuantSession.backend_reason = property(lambda self: "fake")
 QuantSession.device = property(lambda self: Device(*json.loads(os.environ.get("FAKE_DEVICE", '["cpu", "x86_64"]'))))
@@ -227,7 +230,60 @@ def test_baseline_save_merge_then_regression(fake: pytest.Pytester, monkeypatch)
     monkeypatch.setenv("FAKE_VALUES", json.dumps({"base": 0.62, "W4A16": 0.52}))
     r = run(fake, "--quant-scheme", "W4A16", "--quant-baseline", "base.json", "--quant-limit", "99", "-k", "accuracy")
     r.assert_outcomes(failed=1)
-    r.stdout.fnmatch_lines(["*baseline base.json: acc 0.5* vs stored 0.7*: FAIL*settings differ from the baseline's*"])
+    r.stdout.fnmatch_lines(["*baseline base.json recovery 0.95 on * items: FAIL*baseline base.json (paired on the "
+                            "same items): acc 0.5* vs stored 0.7*settings differ from the baseline's*"])
+
+
+def test_a_model_compared_with_its_own_baseline_passes_and_a_drop_fails_paired(fake: pytest.Pytester,
+                                                                              monkeypatch) -> None:
+    """Issue 18: the aggregate baseline said UNDECIDED for a model against itself; per-item, paired, it passes."""
+    fake.makepyfile(test_gates=GATED)
+    common = ("--quant-scheme", "W4A16", "--quant-profile", "ci", "-k", "accuracy")
+    run(fake, *common, "--quant-save-baseline", "bl.json").assert_outcomes(passed=1)
+    entry = next(iter(json.loads((fake.path / "bl.json").read_text())["metrics"].values()))
+    assert len(entry["items"]["ids"]) == len(entry["items"]["values"]) == entry["n"] and entry["task_digest"]
+    r = run(fake, *common, "--quant-baseline", "bl.json", "--quant-report", "r.json")
+    r.assert_outcomes(passed=1)
+    (row,) = json.loads((fake.path / "r.json").read_text())["gates"]
+    assert row["extra"]["baseline_comparison"] == "paired" and "baseline bl.json recovery 0.95" in row["message"]
+    monkeypatch.setenv("FAKE_VALUES", json.dumps({"base": 0.70, "W4A16": 0.56}))  # a 10-point drop since the release
+    r = run(fake, *common, "--quant-baseline", "bl.json", "--quant-recovery", "0.5")  # the base gate alone would pass
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines(["*baseline bl.json recovery 0.95 on * items: FAIL*"])
+
+
+def test_a_baseline_without_items_is_compared_unpaired_and_says_so(fake: pytest.Pytester) -> None:
+    fake.makepyfile(test_gates=GATED)
+    key = "smollm2-135m-instruct|W4A16|quant_facts|acc|bos=True"
+    (fake.path / "old.json").write_text(json.dumps({"format": "pytest-quant-baseline/1", "metrics": {
+        key: {"value": 0.66, "stderr": 0.03, "n": 250}}}))
+    r = run(fake, "--quant-scheme", "W4A16", "--quant-baseline", "old.json", "-k", "accuracy", "-rA")
+    r.stdout.fnmatch_lines(["*baseline old.json (unpaired: the baseline holds no item results (a format 1 file))*"])
+
+
+def test_a_refused_run_still_writes_its_report(fake: pytest.Pytester, tmp_path) -> None:
+    """Issue 18: a refused --quant-checkpoint exited 4 and wrote no report for the CI step that reads it."""
+    fake.makepyfile(test_gates=GATED)
+    r = run(fake, "--quant-checkpoint", str(tmp_path / "missing"), "--quant-report", "r.json")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    report = json.loads((fake.path / "r.json").read_text())
+    assert report["passed"] is False and report["exitstatus"] == 4
+    (row,) = report["gates"]
+    assert row["verdict"] == "ERROR" and "refused: --quant-checkpoint" in row["message"], row
+
+
+def test_an_llmcompressor_config_silent_on_calibration_takes_the_session_profile(fake: pytest.Pytester,
+                                                                                monkeypatch, tmp_path) -> None:
+    """Issue 18: under quant_profile = ci a config without calibration fields built 512 x 2048 (583 s)."""
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_BACKEND", "vllm")  # the config evaluates with vLLM (its lmeval.model default)
+    fake.makefile(".yaml", quant_w4="model: smollm2-135m-instruct\nscheme: W4A16\nlmeval:\n  task: quant_facts\n")
+    run(fake, "--quant-profile", "ci", "--quant-report", "r.json")
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    built = [c[4] for c in calls if c[0] == "W4A16"]
+    assert built and all(b == [32, 256] for b in built), calls  # the CI profile's calibration, not 512 x 2048
+    assert min(c[3] for c in calls) == 60 and max(c[3] for c in calls) <= 389, calls  # its looks, not 1000 items
 
 
 def test_missing_baseline_key_is_said(fake: pytest.Pytester) -> None:
