@@ -7,13 +7,17 @@ the real ones) on a one-test project; docs/RELIABILITY.md lists the same table.
 from __future__ import annotations
 
 import json
+import os
 import stat
+import tempfile
 import sys
 from pathlib import Path
 
 import pytest
 
 TEST = "def test_a(quantized_checkpoint):\n    pass\n"
+# The cases that need the model's layers share one store (CI's main job has converted the bundled model there).
+SHARED_STORE = os.environ.get("QUANT_CACHE_DIR") or tempfile.mkdtemp(prefix="pytest-quant-bad-input-")
 
 
 def broken_python(root: Path) -> str:
@@ -39,7 +43,19 @@ def setup_files(root: Path) -> dict[str, str]:
         "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
         "config_groups": {"group_0": {"weights": {"num_bits": 4, "type": "int"}}}}}))
     (quantized / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")  # truncated header
-    return {"afile": str(root / "afile"), "empty": str(root / "empty.jsonl"), "broken": str(root / "broken.jsonl"),
+    adir = root / "adir"
+    adir.mkdir()
+    ok = root / "quantized-g32"  # a W4A16 group-32 checkpoint's config and headers (no weights needed to refuse)
+    ok.mkdir()
+    (ok / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {
+        "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
+        "config_groups": {"group_0": {"weights": {"num_bits": 4, "type": "int", "strategy": "group",
+                                                  "group_size": 32}}}}}))
+    header = json.dumps({"l.weight_packed": {"dtype": "I32", "shape": [8, 8], "data_offsets": [0, 256]},
+                         "l.weight_scale": {"dtype": "BF16", "shape": [8, 2], "data_offsets": [256, 288]}}).encode()
+    (ok / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(288))
+    (ok / "tokenizer.json").write_text("{}")
+    return {"afile": str(root / "afile"), "adir": str(adir), "quantized_ok": str(ok), "store": SHARED_STORE, "empty": str(root / "empty.jsonl"), "broken": str(root / "broken.jsonl"),
             "nofield": str(root / "nofield.jsonl"), "plain": str(plain), "quantized": str(quantized),
             "broken_python": broken_python(root)}
 
@@ -60,6 +76,17 @@ CASES = [
     ("no-cacheprovider", ["-p", "no:cacheprovider"], {}, "", "pass --quant-cache-dir DIR (or set QUANT_CACHE_DIR)"),
     ("cache-dir-is-a-file", ["--quant-cache-dir", "{afile}"], {}, "", "exists and is not a directory"),
     ("scheme", ["--quant-scheme", "W3A5"], {}, "", "unknown scheme 'W3A5'; choose one of W4A16, W8A16, W8A8"),
+    # found only once the model's layers are known (before any test runs); the bundled model from a shared store
+    ("group-size-divides-no-layer", ["--quant-group-size", "100", "--quant-cache-dir", "{store}"], {}, "",
+     "W4A16 with group_size=100 cannot quantize 210 layer(s) whose input columns are not divisible by 100"),
+    ("ignore-everything", ["--quant-ignore", "re:.*", "--quant-group-size", "auto", "--quant-cache-dir", "{store}"],
+     {}, "", "the recipe quantizes no layer: every Linear layer matches ignore=['lm_head', 're:.*']"),
+    ("hub-model-offline", ["--quant-model", "HuggingFaceTB/SmolLM2-135M-Instruct", "--quant-group-size", "auto"],
+     {"HF_HUB_OFFLINE": "1"}, "", "cannot fetch hub model 'HuggingFaceTB/SmolLM2-135M-Instruct': the Hugging Face Hub is "
+     "not reachable and the model is not in the local cache"),
+    ("checkpoint-contradicted", ["--quant-checkpoint", "{quantized_ok}", "--quant-group-size", "64"], {}, "",
+     "--quant-group-size 64 contradicts the checkpoint's group_size 32; the checkpoint's own recipe is used"),
+    ("baseline-directory", ["--quant-baseline", "{adir}"], {}, "", "is a directory; pass the baseline file"),
     ("model-name", ["--quant-model", "no-such-model"], {}, "", "unknown model 'no-such-model'"),
     ("model-path", ["--quant-model", "./missing/dir"], {}, "", "model path './missing/dir' does not exist"),
     ("model-already-quantized", ["--quant-model", "{quantized}"], {}, "",
@@ -101,9 +128,14 @@ def test_bad_value_is_exit_4_and_one_line(pytester: pytest.Pytester, monkeypatch
                                           env: dict[str, str], ini: str, message: str) -> None:
     for name in ("QUANT_VLLM_PYTHON", "QUANT_CACHE_DIR", "QUANT_BACKEND"):
         monkeypatch.delenv(name, raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
     files = setup_files(pytester.path)
+    if any("{store}" in a for a in args):  # the base model converted first: its progress bars are not the refusal
+        from pytest_quant.models import materialize, resolve_model
+        from pytest_quant.store import Store
+
+        materialize(resolve_model("smollm2-135m-instruct"), Store(SHARED_STORE))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v.format(**files))
     pytester.makeini(f"[pytest]\n{ini}\n")
     pytester.makepyfile(test_a=TEST)
     r = pytester.runpytest_subprocess(*[a.format(**files) for a in args])
