@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -117,3 +119,37 @@ def test_results_are_keyed_by_content_not_by_name(base, checkpoints, tmp_path) -
     shutil.copytree(checkpoints["W8A8"].path, copy)  # copy2 keeps the files' modification times
     assert not evaluate(copy, {run: ids}, store, backend="hf")[run].cached  # same path, other content
     assert fidelity(base, copy, store)["kl"] != fidelity(base, checkpoints["W4A16"].path, store)["kl"]
+
+
+def test_another_install_and_a_moved_store_hit_the_same_entries(checkpoints, tmp_path) -> None:
+    """Issue 18: a wheel install re-evaluated everything an editable install had stored (keys held data paths).
+    Two installs of pytest-quant (this checkout, and a copy installed with pip into another directory) and the
+    store moved to another path: the second evaluation is served from the store."""
+    import subprocess
+    import sys
+
+    other = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(other), str(Path(__file__).resolve().parents[1])], check=True, timeout=300,
+                   capture_output=True)
+    code = ("import json, sys; from pathlib import Path; import pytest_quant\n"
+            "from pytest_quant.evaluate import EvalRun, evaluate; from pytest_quant.store import Store\n"
+            "run = EvalRun('quant_facts')\n"
+            "r = evaluate(Path(sys.argv[1]), {run: list(range(6))}, Store(sys.argv[2]), backend='hf')[run]\n"
+            "print(json.dumps([pytest_quant.__file__, r.cached]))")
+    store = tmp_path / "store"
+
+    def evaluate_with(pythonpath: str, store_path: Path) -> list:
+        env = {**os.environ, "PYTHONPATH": pythonpath}
+        out = subprocess.run([sys.executable, "-c", code, str(checkpoints["W4A16"].path), str(store_path)], env=env,
+                             capture_output=True, text=True, timeout=600, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    first = evaluate_with("", store)
+    assert first[1] is False
+    second = evaluate_with(str(other), store)
+    assert second[0].startswith(str(other)) and second[0] != first[0], (first, second)  # really the other install
+    assert second[1] is True, "the other install's evaluation keys differ"
+    moved = tmp_path / "moved-store"
+    shutil.move(str(store), moved)
+    assert evaluate_with("", moved)[1] is True, "a moved store's entries were not found"

@@ -88,3 +88,29 @@ def test_a_checkpoint_built_elsewhere_is_gated_as_given(pytester: pytest.Pyteste
     assert (g["scheme"], g["verdict"], g["passed"]) == ("W8A8", "PASS", True), g["message"]
     r.assert_outcomes(passed=2)
     assert "test_accuracy[quant_facts-smollm2-135m-instruct-my-w8a8]" in r.stdout.str() or r.ret == 0
+
+
+def test_checkpoints_of_every_buildable_recipe_are_gated_as_built(pytester: pytest.Pytester, store: Store,
+                                                                   checkpoints, tmp_path: Path) -> None:
+    """Issue 18: built in one run, gated in another with --quant-checkpoint: the structure check reads scheme,
+    group size and ignore list from each checkpoint (a W4A16 group-64 checkpoint failed against group 128)."""
+    from pytest_quant.calibration import CalibrationSpec
+
+    tiny = CalibrationSpec("bundled", 8, 64)  # the structure does not depend on the calibration's size
+    built = {"w4a16-g64": checkpoints["W4A16"].path, "w8a8": checkpoints["W8A8"].path,
+             **{name: build_checkpoint(MODEL, RecipeSpec(scheme, group_size=gs), tiny, store).path
+                for name, scheme, gs in (("w4a16-g32", "W4A16", 32), ("w4a16-channel", "W4A16", -1),
+                                         ("w8a16-g64", "W8A16", 64))}}
+    args = []
+    for name, path in built.items():
+        shutil.copytree(path, tmp_path / name)
+        args += ["--quant-checkpoint", str(tmp_path / name)]
+    r = pytester.runpytest_subprocess("--pyargs", "pytest_quant.suite", "-k", "structure", "--quant-backend", "hf",
+                                      "--quant-cache-dir", str(store.root), "-p", "no:cacheprovider", "-p", "no:randomly",
+                                      *args)
+    r.assert_outcomes(passed=len(built))
+    r = pytester.runpytest_subprocess("--pyargs", "pytest_quant.suite", "-k", "structure", "--quant-backend", "hf",
+                                      "--quant-cache-dir", str(store.root), "-p", "no:cacheprovider",
+                                      "--quant-checkpoint", str(tmp_path / "w4a16-g32"), "--quant-group-size", "64")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--quant-group-size 64 contradicts the checkpoint's group_size 32" in r.stderr.str()
