@@ -20,6 +20,17 @@ from pytest_quant.evaluate import release_models
 from pytest_quant.store import Store
 
 MODEL = "smollm2-135m-instruct"
+# Tiers by file (pyproject.toml lists the markers): scripts/test.sh runs unit and plugin by default, all with --all.
+TIERS = {"test_plugin.py": "plugin", "test_bad_input.py": "plugin", "test_reliability.py": "plugin",
+         "test_gpu_vllm.py": "gpu", "test_multi_gpu_run.py": "gpu", "test_hardware_gpu.py": "plugin"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test its tier: the e2e files mark themselves, the rest by file (unit when not listed)."""
+    for item in items:
+        if not any(item.get_closest_marker(name) for name in ("e2e", "gpu")):
+            item.add_marker(getattr(pytest.mark, TIERS.get(item.path.name, "unit")))
 CI_CALIBRATION = CalibrationSpec("bundled", num_samples=32, max_seq_length=256)
 
 

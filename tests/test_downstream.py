@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "downstream"
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def run_example(tmp_path: Path, recovery: str | None = None) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from pytest_quant.store import Store
 
 from .conftest import CI_CALIBRATION, MODEL
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="session", params=["W4A16", "W8A8"])

@@ -20,7 +20,7 @@ from pytest_quant.store import Store
 
 from .conftest import CI_CALIBRATION, MODEL
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 RUNS = {EvalRun("quant_facts"): list(range(40)), EvalRun("quant_facts", add_bos_token=False): list(range(40)),
         EvalRun("quant_arith"): list(range(10)), EvalRun("quant_text"): list(range(5))}
 KERNELS = {"W4A16": "CPUWNA16LinearKernel", "W8A8": "CPUInt8ScaledMMLinearKernel"}

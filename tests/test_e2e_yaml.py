@@ -14,7 +14,7 @@ import pytest
 
 from pytest_quant.store import Store
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 OFFLINE = ["--quant-calibration", "bundled", "--quant-num-samples", "32", "--quant-max-seq-length", "256",
            "--quant-group-size", "auto"]
