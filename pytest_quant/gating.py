@@ -32,29 +32,37 @@ def bos_runs(session: QuantSession, spec: BosSpec) -> tuple[EvalRun, EvalRun]:
     return _run(session, spec, True), _run(session, spec, False)
 
 
+def targets(session: QuantSession, case: Case) -> tuple[Target, Target]:
+    """The case's checkpoint and its base model, evaluated with one backend (so their items pair)."""
+    backend = session.eval_backend(case.scheme)
+    return Target.of(case, backend=backend), Target(case.model, backend=backend)
+
+
 def plan_accuracy(session: QuantSession, spec: AccuracySpec, case: Case) -> None:
     """Ask for the first look's items now, so that one model load serves every test's first look."""
     ids = session.order(spec.task, spec.marker)[:session.looks(spec.task, spec.marker)[0]]
     run = _run(session, spec, spec.add_bos_token)
-    session.plan(Target.of(case), run, ids)
+    quantized, base = targets(session, case)
+    session.plan(quantized, run, ids)
     if spec.threshold.needs_base:
-        session.plan(Target(case.model), run, ids)
+        session.plan(base, run, ids)
 
 
 def plan_bos(session: QuantSession, spec: BosSpec, case: Case) -> None:
     ids = session.order(spec.task, spec.marker)[:session.looks(spec.task, spec.marker)[0]]
+    quantized, base = targets(session, case)
     for run in bos_runs(session, spec):
-        session.plan(Target.of(case), run, ids)
+        session.plan(quantized, run, ids)
         if spec.max_extra_loss is not None:
-            session.plan(Target(case.model), run, ids)
+            session.plan(base, run, ids)
 
 
 def target_for(session: QuantSession, case: Case, ck: Checkpoint) -> Target:
     """The target to evaluate: the case's, or the checkpoint the test received when a fixture replaced it."""
-    own = Target.of(case)
+    own = targets(session, case)[0]
     if session.build(own).path == ck.path:
         return own
-    return Target(case.model, case.scheme, checkpoint=str(ck.path))
+    return Target(case.model, case.scheme, checkpoint=str(ck.path), backend=own.backend)
 
 
 def _point(metric: str, values: list[Any]) -> float:
@@ -120,10 +128,12 @@ def gate(session: QuantSession, q_target: Target, b_target: Target, run: EvalRun
     return verdict, n, taken, got
 
 
-def _measured(*results: Any) -> tuple[list[str], dict[str, Any]]:
-    """Notes for results measured on another machine (once each), and the quantized model's numerics."""
+def _measured(session: QuantSession, scheme: str, *results: Any) -> tuple[list[str], dict[str, Any]]:
+    """Notes for results measured on another machine (once each) and for a scheme vLLM could not run here, and
+    the quantized model's numerics."""
     notes = list(dict.fromkeys(r.elsewhere for r in results if r is not None and r.elsewhere))
-    return notes, results[0].numerics
+    fallback = session.why_not_vllm(scheme)
+    return notes + ([fallback] if fallback else []), results[0].numerics
 
 
 def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: str, t: Threshold,
@@ -137,11 +147,11 @@ def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: s
                                                         if base is not None and recovery is not None else "")
     verdicts = [verdict.verdict, *extra_verdicts]
     overall = FAIL if FAIL in verdicts else PASS if set(verdicts) == {PASS} else UNDECIDED
-    notes, numerics = _measured(got["q"], got.get("b"))
+    notes, numerics = _measured(session, scheme, got["q"], got.get("b"))
     return GateRow(model, scheme, run.task, metric, overall, _resolve(session, overall),
                    "; ".join([f"{head}; {_summary(verdict, n, taken)}{got['to_decide'][1]}", *extra_messages, *notes]),
                    t.describe() + f", alpha={session.settings.get('alpha', marker):g}", q, base, recovery, n, taken,
-                   session.backend, eval_seconds=got["q"].seconds,
+                   got["q"].backend, eval_seconds=got["q"].seconds,
                    extra={"stderr": se, "versions": got["q"].versions, "items_to_decide": got["to_decide"][0],
                           "numerics": numerics,
                           "bounds": {k: d.__dict__ for k, d in verdict.decisions.items()},
@@ -158,12 +168,12 @@ def run_accuracy(session: QuantSession, spec: AccuracySpec, case: Case, ck: Chec
     digest = task_digest(spec.task, lm_eval_version())
     rtol = session.settings.get("baseline_rtol")
     scorer, why = baseline.paired(key, metric, rtol, digest) if baseline is not None else (None, "")
-    outcome = gate(session, target_for(session, case, ck), Target(case.model), run, metric, spec.threshold, marker,
-                   scorer)
+    outcome = gate(session, target_for(session, case, ck), targets(session, case)[1], run, metric, spec.threshold,
+                   marker, scorer)
     n, got = outcome[1], outcome[3]
     settings = {"num_fewshot": run.num_fewshot, "items": n, "item_seed": session.settings.get("item_seed", marker),
                 "add_bos_token": run.add_bos_token, "apply_chat_template": run.apply_chat_template,
-                "backend": session.backend, "calibration": session.calibration().__dict__}
+                "backend": got["q"].backend, "calibration": session.calibration().__dict__}
     verdicts, messages = [], []
     if baseline is not None:
         q, se = aggregate(metric, got["qv"])
@@ -181,7 +191,7 @@ def run_accuracy(session: QuantSession, spec: AccuracySpec, case: Case, ck: Chec
 def yaml_recovery(session: QuantSession, target: Target, run: EvalRun, metric: str, t: Threshold,
                   marker: dict[str, Any]) -> GateRow:
     """An llm-compressor config's recovery gate: ``target`` against its base model, paired."""
-    base = Target(target.model, gpus=target.gpus, engine=target.engine)
+    base = Target(target.model, gpus=target.gpus, engine=target.engine, backend=target.backend)
     outcome = gate(session, target, base, run, metric, t, marker)
     return _row(session, target.model, target.scheme or "-", run, metric, t, marker, outcome, [], [])
 
@@ -201,7 +211,7 @@ def _bos_structure(counts_on: dict[str, int], counts_off: dict[str, int]) -> lis
 def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) -> GateRow:
     marker, metric = spec.marker, spec.metric
     on, off = bos_runs(session, spec)
-    q_target, b_target = target_for(session, case, ck), Target(case.model)
+    q_target, b_target = target_for(session, case, ck), targets(session, case)[1]
     order, looks = session.order(spec.task, marker), session.looks(spec.task, marker)
     got: dict[str, Any] = {}
 
@@ -238,11 +248,12 @@ def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) ->
     message = f"{text}; " + ("FAIL: " + "; ".join(structure) if structure else _summary(verdict, n, taken) + hint)
     if is_ratio(metric):
         message += " (losses of perplexity metrics in nats per word/byte)"
-    notes, numerics = _measured(*(got.get(k) for k in ("q_on", "q_off", "b_on", "b_off")))
+    notes, numerics = _measured(session, case.scheme, *(got.get(k) for k in ("q_on", "q_off", "b_on", "b_off")))
     message = "; ".join([message, *notes])
     return GateRow(case.model, case.scheme, spec.task, metric, overall, _resolve(session, overall), message,
                    f"max_delta={spec.max_delta}, max_extra_loss={spec.max_extra_loss}, "
-                   f"alpha={session.settings.get('alpha', marker):g}", with_bos, None, None, n, taken, session.backend,
+                   f"alpha={session.settings.get('alpha', marker):g}", with_bos, None, None, n, taken,
+                   got["q_on"].backend,
                    "|".join([case.model, case.scheme, spec.task, metric, "bos-sensitivity"]),
                    ck.manifest.get("seconds"), got["q_on"].seconds + got["q_off"].seconds,
                    extra={"quantized_without_bos": without, "bos_loss": loss, "items_to_decide": needed,

@@ -37,6 +37,22 @@ def _cpu() -> tuple[str, tuple[str, ...]]:
     return name, tuple(f for f in ISA_FLAGS if f in flags)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere bf16 matmuls are emulated."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(_cpu()[1]))
+
+
+def cpu_dtype() -> str:
+    """The dtype models are evaluated in on this CPU: bfloat16 where it is native, float32 elsewhere.
+
+    Measured on a 2-core AVX2 EPYC: a bf16 matmul 25x slower than float32, vLLM's CPU build needing 20 min for the
+    base model on 2 x 389 quant_facts items in bf16 (docs/PERFORMANCE.md). vLLM's CPU W4A16 kernel takes bf16 or
+    fp16 activations only: on a CPU without native bf16 W4A16 is evaluated with transformers instead
+    (session.eval_backend).
+    """
+    return "bfloat16" if native_bf16() else "float32"
+
+
 def threads(env: dict[str, str]) -> int:
     """CPU threads an evaluation computes with: vLLM's CPU bind list, else OMP_NUM_THREADS, else the cores."""
     bind = env.get("VLLM_CPU_OMP_THREADS_BIND", "")

@@ -148,7 +148,7 @@ class Option:
 PROFILES: dict[str, dict[str, Any]] = {
     "guide": {"num_samples": 512, "max_seq_length": 2048, "num_fewshot": 5, "limit": 250, "max_items": 1000,
               "alpha": 0.05},
-    "ci": {"num_samples": 32, "max_seq_length": 256, "num_fewshot": None, "limit": 60, "max_items": 250,
+    "ci": {"num_samples": 32, "max_seq_length": 256, "num_fewshot": None, "limit": 60, "max_items": 400,
            "alpha": 0.10},
 }
 

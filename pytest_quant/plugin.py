@@ -190,8 +190,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker(pytest.mark.xdist_group(case.id))
         if case is not None:
             gpus = max(qs.settings.get("build_gpus"), qs.settings.get("eval_gpus"))
-            reason = why_skip(qs.device, qs.backend, qs.backend_reason, case.scheme, specs["quant_requires"], gpus,
-                              vllm_support=qs.vllm_support)
+            backend = qs.eval_backend(case.scheme)
+            reason = why_skip(qs.device, backend, qs.backend_reason, case.scheme, specs["quant_requires"], gpus,
+                              vllm_support=qs.vllm_support if backend == "vllm" else None)
         else:
             reason = why_skip(qs.device, qs.backend, qs.backend_reason, None, specs["quant_requires"],
                               vllm_support=qs.vllm_support)

@@ -21,6 +21,7 @@ from .evaluate import (SCHEME_PROBE, EvalRun, Evaluator, ItemResults, gpu_work, 
                        resolve_backend)
 from .fidelity import fidelity
 from .hardware import Device, detect_device
+from .machine import cpu_dtype, signature
 from .models import as_is, materialize, resolve_model
 from .options import Settings
 from .recipes import SCHEMES, RecipeSpec
@@ -51,6 +52,7 @@ class Target:
     calibration: CalibrationSpec | None = None  # None: the session's calibration
     checkpoint: str | None = None  # a checkpoint directory built elsewhere
     gpus: tuple[tuple[str, int], ...] = ()  # build_gpus / eval_gpus from a YAML config
+    backend: str | None = None  # None: the session's (session.eval_backend picks per scheme)
     engine: tuple[tuple[str, Any], ...] = ()  # lm-eval model arguments (a YAML config's)
     as_is: bool = False  # evaluate ``model`` as it is, quantized or not (vLLM's configs)
 
@@ -128,17 +130,35 @@ class QuantSession:
                                  "group_size": gs if isinstance(gs, int) else row["group_size"] or -1,
                                  "g_idx": self.settings.get("actorder") in ("group",)}
             capability = self.device.capability if self.device.kind == "cuda" else None
+            act = cpu_dtype() if capability is None else "bfloat16"
             material = {"versions": probe_vllm(self.vllm_python or ""), "capability": capability, "schemes": schemes,
-                        "probe": digest(SCHEME_PROBE)}
+                        "probe": digest(SCHEME_PROBE), "act_dtype": act, "cpu": signature()["isa"]}
 
             def ask(out: Path) -> dict[str, Any]:
-                answer = probe_schemes(self.vllm_python or "", capability, json.dumps(schemes, sort_keys=True))
+                answer = probe_schemes(self.vllm_python or "", capability, json.dumps(schemes, sort_keys=True), act)
                 (out / "support.json").write_text(json.dumps(answer))
                 return {}
 
             entry = self.store.get_or_create("vllm-support", material, ask, label="vLLM's scheme support")
             self._support = json.loads((entry.path / "support.json").read_text())
         return self._support
+
+    def eval_backend(self, scheme: str | None) -> str:
+        """The backend that evaluates ``scheme``'s checkpoints and, paired with them, their base model: the
+        session's; with --quant-backend auto, transformers for a scheme vLLM has no kernel for on this device
+        (vLLM's CPU build has no W4A16 kernel on CPUs without AVX-512 or native bf16). With --quant-backend vllm
+        such a scheme is skipped instead (hardware.why_skip)."""
+        support = self.vllm_support
+        if support and self.requested_backend == "auto" and "error" in support.get(scheme or "", {}):
+            return "hf"
+        return self.backend
+
+    def why_not_vllm(self, scheme: str | None) -> str | None:
+        """Why ``scheme`` is evaluated with transformers although vLLM is configured, or None."""
+        if self.backend == "vllm" and self.eval_backend(scheme) == "hf":
+            return (f"evaluated with transformers: vLLM cannot run {scheme} here "
+                    f"({(self.vllm_support or {})[scheme or '']['error'][:200]})")
+        return None
 
     @property
     def device(self) -> Device:
@@ -228,10 +248,10 @@ class QuantSession:
         return self.base(target.model)[0] if target.scheme is None else self.build(target).path
 
     # -- evaluation --------------------------------------------------------------------------
-    @property
-    def evaluator(self) -> Evaluator:
-        return Evaluator(self.store, self.backend, self.vllm_python, self.compute, self.settings.get("eval_timeout"),
-                         self.trust_remote_code, self.rebuild, bool(self.settings.get("cpu_w4a8")), self.device)
+    def evaluator(self, backend: str | None = None) -> Evaluator:
+        return Evaluator(self.store, backend or self.backend, self.vllm_python, self.compute,
+                         self.settings.get("eval_timeout"), self.trust_remote_code, self.rebuild,
+                         bool(self.settings.get("cpu_w4a8")), self.device)
 
     def run(self, task: str, marker: dict[str, Any] | None = None, add_bos_token: bool = True,
             apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
@@ -266,7 +286,7 @@ class QuantSession:
                     wanted[r] = sorted(todo | set(have.items if have else ()))
             wanted[run] = sorted(set(ids) | set(wanted.get(run, [])) | set(held.items if held else ()))
             limit_threads()
-            results = self.evaluator.evaluate(self.path(target), wanted, gpus=self.settings.get("eval_gpus", dict(target.gpus)),
+            results = self.evaluator(target.backend).evaluate(self.path(target), wanted, gpus=self.settings.get("eval_gpus", dict(target.gpus)),
                                               engine=dict(target.engine), label=target.label)
             self._results.update({(target, r): v for r, v in results.items()})
             held = self._results[(target, run)]

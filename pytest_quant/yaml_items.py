@@ -267,7 +267,9 @@ class QuantYamlItem(pytest.Item):
 
     def skip_if_unsupported(self, scheme: str | None, gpus: int, backend: str) -> None:
         qs = self.qs
-        reason = why_skip(qs.device, qs.backend, qs.backend_reason, scheme, (), gpus, backend, qs.vllm_support)
+        used = qs.eval_backend(scheme)
+        reason = why_skip(qs.device, used, qs.backend_reason, scheme, (), gpus, backend,
+                          qs.vllm_support if used == "vllm" else None)
         if reason:
             pytest.skip(reason)
 
@@ -354,13 +356,14 @@ class LlmCompressorItem(QuantYamlItem):
         gpus = (("build_gpus", c.build_gpus or c.num_gpus), ("eval_gpus", c.eval_gpus or c.num_gpus))
         cases = qs.cases() if qs.settings.get("checkpoint") else []
         if cases:  # --quant-checkpoint: gate that checkpoint instead of building one
-            return Target(c.model, cases[0].scheme, checkpoint=cases[0].checkpoint, gpus=gpus, engine=_engine(c))
+            return Target(c.model, cases[0].scheme, checkpoint=cases[0].checkpoint, gpus=gpus, engine=_engine(c),
+                          backend=qs.eval_backend(cases[0].scheme))
         calibration = {k: getattr(c, f) for k, f in (("num_samples", "num_calibration_samples"),
                                                      ("max_seq_length", "max_seq_length")) if f in c.model_fields_set}
         if c.dataset_id:
             calibration["calibration"] = c.dataset_id + (f":{c.dataset_split}" if c.dataset_split else "")
         return Target(c.model, c.scheme, qs.recipe(c.scheme, _knobs(c)), qs.calibration(calibration), gpus=gpus,
-                      engine=_engine(c))
+                      engine=_engine(c), backend=qs.eval_backend(c.scheme))
 
     def run(self) -> Any:
         lm = self.spec.lmeval
@@ -373,7 +376,7 @@ class LlmCompressorItem(QuantYamlItem):
         ids = qs.order(self.task, self.marker)[:qs.looks(self.task, self.marker)[0]]
         target = self.case_target()
         qs.plan(target, self.run(), ids)
-        qs.plan(Target(target.model, gpus=target.gpus, engine=target.engine), self.run(), ids)
+        qs.plan(Target(target.model, gpus=target.gpus, engine=target.engine, backend=target.backend), self.run(), ids)
 
     def _cadence(self) -> None:
         cadence, wanted = self.spec.cadence, os.environ.get("CADENCE")

