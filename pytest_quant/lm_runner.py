@@ -154,28 +154,30 @@ def numerics(backend: str) -> dict[str, Any]:
     return out
 
 
-_LOADED: dict[str, Any] = {}  # the model kept between requests (one at a time)
+_LOADED: dict[str, Any] = {}  # models kept between requests, least recently used first
+KEEP = 2  # a gate pairs a base and a quantized model: keeping both saves a load per look
 
 
 def release() -> None:
-    """Drop the model kept between requests."""
+    """Drop the models kept between requests."""
     _LOADED.clear()
 
 
 def run(request: dict[str, Any], keep: bool = False) -> dict[str, Any]:
-    """Evaluate the request's runs; with ``keep`` the model stays loaded for the next request with the same
-    model arguments (a different one replaces it)."""
+    """Evaluate the request's runs; with ``keep`` the model stays loaded for later requests with the same model
+    arguments (the ``KEEP`` most recently used stay)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     start = time.perf_counter()
     key = json.dumps([request["backend"], request["model_args"]], sort_keys=True)
-    lm = _LOADED.get(key)
+    lm = _LOADED.pop(key, None)
     if lm is None:
-        release()
+        while len(_LOADED) >= (KEEP if keep else 1):
+            _LOADED.pop(next(iter(_LOADED)))
         lm = make_lm(request["backend"], request["model_args"])
-        if keep:
-            _LOADED[key] = lm
+    if keep:
+        _LOADED[key] = lm  # most recently used last
     loaded = time.perf_counter()
     manager = TaskManager(include_path=request.get("include_path"))
     out: dict[str, Any] = {}
