@@ -50,6 +50,25 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 
 
 @pytest.fixture(scope="session")
+def vllm_support(vllm_python: str) -> dict[str, dict[str, str]]:
+    """vLLM's own answer on this machine: which kernel runs each scheme, or why none (hardware.skip_reason)."""
+    import json
+
+    from pytest_quant.evaluate import probe_schemes
+    from pytest_quant.machine import cpu_dtype
+
+    schemes = {"W4A16": {"weight_only": True, "bits": 4, "group_size": 64, "g_idx": False},
+               "W8A8": {"weight_only": False, "bits": 8, "group_size": -1, "g_idx": False}}
+    return probe_schemes(vllm_python, None, json.dumps(schemes, sort_keys=True), cpu_dtype())
+
+
+@pytest.fixture(scope="session")
+def vllm_scheme(vllm_support: dict[str, dict[str, str]]) -> str:
+    """A quantized scheme vLLM's CPU build runs here: W4A16 where it has the kernel (AVX-512), else W8A8."""
+    return "W4A16" if "kernel" in vllm_support["W4A16"] else "W8A8"
+
+
+@pytest.fixture(scope="session")
 def vllm_python() -> str:
     python = os.environ.get("QUANT_VLLM_PYTHON")
     if not python:

@@ -49,7 +49,10 @@ def check_items(results: dict) -> None:
 
 
 @pytest.mark.parametrize("name", ["base", "W4A16", "W8A8"])
-def test_vllm_cpu_evaluates_all_runs_in_one_engine(name: str, base, checkpoints, store, vllm_python) -> None:
+def test_vllm_cpu_evaluates_all_runs_in_one_engine(name: str, base, checkpoints, store, vllm_python,
+                                                   vllm_support) -> None:
+    if "error" in vllm_support.get(name, {}):
+        pytest.skip(f"vLLM cannot run {name} on this CPU: {vllm_support[name]['error']}")
     path = path_of(name, base, checkpoints)
     results = evaluate(path, RUNS, store, backend="vllm", vllm_python=vllm_python, label=name)
     check_items(results)
@@ -71,9 +74,10 @@ def test_vllm_cpu_evaluates_all_runs_in_one_engine(name: str, base, checkpoints,
     assert {r: a.items for r, a in again.items()} == {r: a.items for r, a in results.items()}
 
 
-def test_items_do_not_depend_on_which_others_are_evaluated(checkpoints, store, vllm_python, tmp_path) -> None:
+def test_items_do_not_depend_on_which_others_are_evaluated(checkpoints, store, vllm_python, vllm_scheme,
+                                                          tmp_path) -> None:
     """5-shot prompts: an item evaluated alone gets the answer it gets among others (few-shot drawn per item)."""
-    ck = checkpoints["W4A16"]
+    ck = checkpoints[vllm_scheme]
     run = EvalRun("quant_facts", num_fewshot=5)
     together = evaluate(ck.path, {run: list(range(30))}, store, backend="vllm", vllm_python=vllm_python)[run]
     apart = evaluate(ck.path, {run: list(range(20, 30))}, Store(tmp_path / "fresh"), backend="vllm",
@@ -81,8 +85,8 @@ def test_items_do_not_depend_on_which_others_are_evaluated(checkpoints, store, v
     assert {i: apart.items[i] for i in range(20, 30)} == {i: together.items[i] for i in range(20, 30)}
 
 
-def test_vllm_metrics_are_reproducible(checkpoints, store, vllm_python) -> None:
-    ck = checkpoints["W4A16"]
+def test_vllm_metrics_are_reproducible(checkpoints, store, vllm_python, vllm_scheme) -> None:
+    ck = checkpoints[vllm_scheme]
     run = EvalRun("quant_facts")
     first = evaluate(ck.path, {run: list(range(40))}, store, backend="vllm", vllm_python=vllm_python)[run]
     fresh = evaluate(ck.path, {run: list(range(40))}, store, backend="vllm", vllm_python=vllm_python, rebuild=True)[run]

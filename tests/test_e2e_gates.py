@@ -32,7 +32,7 @@ def suite(pytester: pytest.Pytester, store: Store, vllm_python: str, *args: str)
     """Run the shipped suite (CI profile, vLLM) and return its result and JSON report."""
     r = pytester.runpytest_subprocess(
         "--pyargs", "pytest_quant.suite", "--quant-profile", "ci", "--quant-group-size", "auto",
-        "--quant-backend", "vllm", "--quant-vllm-python", vllm_python, "--quant-cache-dir", str(store.root),
+        "--quant-backend", "auto", "--quant-vllm-python", vllm_python, "--quant-cache-dir", str(store.root),
         "--quant-report", "report.json", "-p", "no:randomly", "-p", "no:cacheprovider", *args)
     return r, json.loads((pytester.path / "report.json").read_text())
 
@@ -40,17 +40,6 @@ def suite(pytester: pytest.Pytester, store: Store, vllm_python: str, *args: str)
 def gates(report: dict, scheme: str | None = None) -> dict[str, dict]:
     return {f"{g['task']}:{g['metric']}:{'bos' if g['key'] and 'bos-sensitivity' in g['key'] else 'acc'}": g
             for g in report["gates"] if scheme is None or g["scheme"] == scheme}
-
-
-def test_w4a16_regression_fails_and_w8a8_passes(pytester: pytest.Pytester, store: Store, vllm_python: str,
-                                                checkpoints) -> None:
-    r, report = suite(pytester, store, vllm_python, "-k", "accuracy")
-    w4 = gates(report, "W4A16")["quant_facts:acc:acc"]
-    w8 = gates(report, "W8A8")["quant_facts:acc:acc"]
-    assert w4["verdict"] in ("FAIL", "UNDECIDED") and not w4["passed"] and w4["n"] <= 250, w4["message"]
-    assert w8["verdict"] == "PASS" and w8["passed"], w8["message"]
-    r.assert_outcomes(passed=1, failed=1)
-    assert report["passed"] is False
 
 
 def damage(src: Path, dst: Path, seed: int = 0) -> None:
@@ -79,15 +68,17 @@ def test_damaged_checkpoint_fails_every_gate(pytester: pytest.Pytester, store: S
 
 def test_a_checkpoint_built_elsewhere_is_gated_as_given(pytester: pytest.Pytester, store: Store, vllm_python: str,
                                                        checkpoints, tmp_path: Path) -> None:
-    given = tmp_path / "my-w8a8"
-    shutil.copytree(checkpoints["W8A8"].path, given)
+    """The main job's W4A16 checkpoint, copied elsewhere and given with --quant-checkpoint, on another subset of
+    items: its known regression fails (P(FAIL) 0.998 at the CI profile's budget, docs/THRESHOLDS.md)."""
+    given = tmp_path / "my-w4a16"
+    shutil.copytree(checkpoints["W4A16"].path, given)
     (given / "manifest.json").unlink()
     r, report = suite(pytester, store, vllm_python, "--quant-checkpoint", str(given), "-k", "accuracy or structure",
                       "--quant-item-seed", "1")  # a different subset of items than the default seed's
     (g,) = report["gates"]
-    assert (g["scheme"], g["verdict"], g["passed"]) == ("W8A8", "PASS", True), g["message"]
-    r.assert_outcomes(passed=2)
-    assert "test_accuracy[quant_facts-smollm2-135m-instruct-my-w8a8]" in r.stdout.str() or r.ret == 0
+    assert (g["scheme"], g["verdict"], g["passed"]) == ("W4A16", "FAIL", False), g["message"]
+    r.assert_outcomes(passed=1, failed=1)
+    assert "test_accuracy[quant_facts-smollm2-135m-instruct-my-w4a16]" in r.stdout.str()
 
 
 def test_checkpoints_of_every_buildable_recipe_are_gated_as_built(pytester: pytest.Pytester, store: Store,

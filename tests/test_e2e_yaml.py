@@ -23,7 +23,7 @@ OFFLINE = ["--quant-calibration", "bundled", "--quant-num-samples", "32", "--qua
 def run_config(pytester: pytest.Pytester, name: str, store: Path, vllm_python: str, *args: str
                ) -> tuple[pytest.RunResult, dict]:
     shutil.copy(FIXTURES / name, pytester.path / name)
-    r = pytester.runpytest_subprocess(name, "--quant-backend", "vllm", "--quant-vllm-python", vllm_python,
+    r = pytester.runpytest_subprocess(name, "--quant-backend", "auto", "--quant-vllm-python", vllm_python,
                                       "--quant-cache-dir", str(store), "--quant-profile", "ci",
                                       "--quant-report", "report.json", "-p", "no:randomly", "-rA", *args)
     return r, json.loads((pytester.path / "report.json").read_text())
