@@ -257,7 +257,7 @@ def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) ->
                    "|".join([case.model, case.scheme, spec.task, metric, "bos-sensitivity"]),
                    ck.manifest.get("seconds"), got["q_on"].seconds + got["q_off"].seconds,
                    extra={"quantized_without_bos": without, "bos_loss": loss, "items_to_decide": needed,
-                          "numerics": numerics,
+                          "numerics": numerics, "bounds": {k: d.__dict__ for k, d in verdict.decisions.items()},
                           "items": {"ids": got["ids"], "quantized_with_bos": got["qv"][0],
                                     "quantized_without_bos": got["qv"][1],
                                     **({"base_with_bos": got["bv"][0], "base_without_bos": got["bv"][1]}

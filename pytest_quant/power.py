@@ -48,24 +48,45 @@ def rates(recovery: float, runs: int = 1000, seed: int = 0, **kwargs: float) -> 
     return out
 
 
-def decisive_share(mean: float, sd: float, limit: int, budget: int, alpha: float, runs: int = 2000,
-                   seed: int = 0) -> float:
-    """Share of simulated gates that reach the verdict the sign of ``mean`` calls for (PASS above 0, FAIL below),
-    with per-item scores of this mean and standard deviation, looks ``plan_looks(limit, budget)`` and alpha
-    spent as the real gates spend it."""
+def verdict_shares(mean: float, sd: float, limit: int, budget: int, alpha: float, runs: int = 2000,
+                   seed: int = 0) -> dict[str, float]:
+    """Shares of PASS, FAIL and UNDECIDED over simulated gates whose per-item scores have this mean and standard
+    deviation, with looks ``plan_looks(limit, budget)`` and alpha spent as the real gates spend it."""
     looks = plan_looks(min(limit, budget), budget)
     z = [NormalDist().inv_cdf(1 - look_alpha(alpha, looks, k)) for k in range(len(looks))]
-    rng, hits = random.Random(seed), 0
+    rng = random.Random(seed)
+    counts = {PASS: 0, FAIL: 0, UNDECIDED: 0}
     for _ in range(runs):
-        total, before = 0.0, 0
+        total, before, verdict = 0.0, 0, UNDECIDED
         for k, n in enumerate(looks):
             total += rng.gauss(mean * (n - before), sd * math.sqrt(n - before))
             before = n
             m, se = total / n, sd / math.sqrt(n)
             if m - z[k] * se >= 0 or m + z[k] * se < 0:
-                hits += (m > 0) == (mean > 0)
+                verdict = PASS if m - z[k] * se >= 0 else FAIL
                 break
-    return hits / runs
+        counts[verdict] += 1
+    return {v: c / runs for v, c in counts.items()}
+
+
+def decisive_share(mean: float, sd: float, limit: int, budget: int, alpha: float, runs: int = 2000,
+                   seed: int = 0) -> float:
+    """Share of simulated gates that reach the verdict the sign of ``mean`` calls for (PASS above 0, FAIL below)."""
+    return verdict_shares(mean, sd, limit, budget, alpha, runs, seed)[PASS if mean > 0 else FAIL]
+
+
+def report_shares(path: str, limit: int, budget: int, alpha: float, runs: int = 4000) -> list[tuple[str, dict]]:
+    """For every bound of every gate in a JSON report: its verdict shares if the items it measured are typical,
+    i.e. at the measured mean and per-item spread, under the plan ``limit``/``budget``/``alpha``."""
+    import json
+
+    out = []
+    for g in json.loads(open(path).read())["gates"]:
+        for name, d in (g.get("extra") or {}).get("bounds", {}).items():
+            sd = d["se"] * math.sqrt(d["n"])
+            label = f"{g['scheme']} {g['task']} {name} (margin {d['mean']:+.4f}, sd {sd:.3f}, n {d['n']})"
+            out.append((label, verdict_shares(d["mean"], sd, limit, budget, alpha, runs)))
+    return out
 
 
 def items_to_decide(mean: float, sd: float, limit: int, alpha: float, power: float = 0.8,
@@ -98,7 +119,14 @@ def main() -> None:
     p.add_argument("--max-items", type=int, default=250)
     p.add_argument("--alpha", type=float, default=0.10)
     p.add_argument("--runs", type=int, default=1000)
+    p.add_argument("--report", help="instead: for each gate of this JSON report, the verdict shares at its measured "
+                                    "margin and spread under --limit/--max-items/--alpha")
     a = p.parse_args()
+    if a.report:
+        print(f"looks {plan_looks(min(a.limit, a.max_items), a.max_items)}, alpha {a.alpha}, 4000 runs per gate")
+        for label, shares in report_shares(a.report, a.limit, a.max_items, a.alpha):
+            print(f"{label}: " + ", ".join(f"{v} {s:.3f}" for v, s in shares.items()))
+        return
     kw = {"base_acc": a.base_acc, "gained": a.gained, "threshold": a.threshold, "limit": a.limit,
           "max_items": a.max_items, "alpha": a.alpha}
     print(f"base acc {a.base_acc}, gained {a.gained}, threshold {a.threshold}, looks "

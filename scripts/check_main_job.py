@@ -1,10 +1,22 @@
-"""Check the main job's report against the verdicts expected on the bundled model (a known-answer test).
+"""Check the main job's report against the verdicts known for the bundled model (a known-answer test).
 
     python scripts/check_main_job.py quant-report.json
 
-The bundled SmolLM2-135M loses about 12% of its quant_facts accuracy to W4A16 (docs/THRESHOLDS.md): its
-accuracy gate must not pass. Every other gate of the suite must pass, and nothing may error. Exit 0 when the
-report says exactly that, 1 (naming each difference) otherwise.
+The rule, the same for every gate (docs/THRESHOLDS.md, "Across machines"): a gate's expected verdict is required
+only where it holds in at least 99% of simulated runs (`python -m pytest_quant.power --report`) at the smallest
+margin measured on any machine or emulated configuration; elsewhere the check requires only that the opposite
+verdict does not occur (its chance is bounded by the gate's alpha and is below 1% at every measured margin).
+No threshold is moved for this; UNDECIDED stays an honest answer near a threshold.
+
+| gate | smallest measured margin | P(expected verdict) | required |
+|---|---|---|---|
+| W4A16 accuracy (recovery 0.95) | -0.080 | FAIL 0.998 | FAIL |
+| W8A8 accuracy (recovery 0.95) | +0.028 | PASS 0.90 | not FAIL (P(FAIL) 0.000) |
+| W4A16 BOS (max_extra_loss 0.05) | +0.019 | PASS 0.38 | not FAIL (P(FAIL) 0.006) |
+| W8A8 BOS (max_extra_loss 0.05) | +0.018 | PASS < 0.5 | not FAIL |
+| fidelity, both schemes (KL 0.5, top-1 0.7) | +0.059 (top-1, W4A16) | PASS 1.000 | PASS |
+
+Exit 0 when the report says exactly that, 1 (naming each difference) otherwise.
 """
 
 from __future__ import annotations
@@ -12,7 +24,10 @@ from __future__ import annotations
 import json
 import sys
 
-REGRESSIONS = {("W4A16", "quant_facts", "acc", "accuracy")}  # gates that must not pass
+FAIL, PASS, UNDECIDED = "FAIL", "PASS", "UNDECIDED"
+ALLOWED = {("W4A16", "accuracy"): {FAIL}, ("W8A8", "accuracy"): {PASS, UNDECIDED},
+           ("W4A16", "bos"): {PASS, UNDECIDED}, ("W8A8", "bos"): {PASS, UNDECIDED},
+           ("W4A16", "fidelity"): {PASS}, ("W8A8", "fidelity"): {PASS}}
 
 
 def kind(gate: dict) -> str:
@@ -24,14 +39,15 @@ def kind(gate: dict) -> str:
 def main(path: str) -> int:
     report = json.load(open(path))
     problems = []
+    seen = set()
     for g in report["gates"]:
-        name = (g["scheme"], g["task"], g["metric"], kind(g))
-        expected_pass = name not in REGRESSIONS
-        if g["verdict"] == "ERROR" or bool(g["passed"]) != expected_pass:
-            problems.append(f"{' '.join(name)}: {g['verdict']} ({'should pass' if expected_pass else 'should not pass'})"
+        name = (g["scheme"], kind(g))
+        seen.add(name)
+        allowed = ALLOWED.get(name)
+        if allowed is None or g["verdict"] not in allowed:
+            problems.append(f"{' '.join(name)}: {g['verdict']} (allowed: {', '.join(sorted(allowed or {'no gate'}))})"
                             f": {g['message']}")
-    seen = {(g["scheme"], g["task"], g["metric"], kind(g)) for g in report["gates"]}
-    problems += [f"{' '.join(n)}: no gate ran" for n in REGRESSIONS - seen]
+    problems += [f"{' '.join(n)}: no gate ran" for n in ALLOWED.keys() - seen]
     for p in problems:
         print(f"[check] {p}")
     print(f"[check] {len(report['gates'])} gates, {len(problems)} unexpected")
