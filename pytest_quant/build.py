@@ -16,6 +16,7 @@ from typing import Any
 from . import __version__
 from .calibration import CalibrationSpec, calibration_digest, prepare_calibration
 from .distributed import run_distributed_build
+from .machine import emulation
 from .errors import QuantUsageError
 from .models import ModelSource, materialize, resolve_model
 from .recipes import SCHEMES, RecipeSpec, check_shapes, to_modifiers
@@ -221,6 +222,7 @@ def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpe
         "calibration_dtype": str(calibration_dtype(device)),
         # float sums run in another order with another thread count: the bytes differ (tests/test_e2e_build.py)
         "threads": _threads() if device == "cpu" else None,
+        **({"emulation": emulation()} if emulation() else {}),  # another CPU's code paths: its own checkpoint
         "gpus": gpus,
     }
     label = f"{source.name} {recipe.scheme} checkpoint"

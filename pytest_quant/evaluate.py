@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 from . import lm_runner
 from .errors import QuantEnvironmentError, QuantError, QuantUsageError
 from .gates import Value
-from .machine import cpu_dtype, elsewhere_note, signature
+from .machine import cpu_dtype, elsewhere_note, emulation, signature
 from .store import Store, atomic_write_text, content_digest, digest, file_digest
 from .tasks import fixed_fewshot, task_digest, task_metrics, write_task_dir
 
@@ -452,7 +452,8 @@ class Evaluator:
         settings = {k: v for k, v in args.items() if k != "pretrained"}
         runner_env = vllm_env(self.device, env_vars, self.cpu_w4a8) if self.backend == "vllm" else dict(os.environ)
         here = signature(self.hardware, runner_env)
-        numerics = {"cpu_int4_w4a8": runner_env["VLLM_CPU_INT4_W4A8"]} if self.backend == "vllm" else {}
+        numerics = {**({"cpu_int4_w4a8": runner_env["VLLM_CPU_INT4_W4A8"]} if self.backend == "vllm" else {}),
+                    **emulation(runner_env)}
         runner = file_digest(RUNNER)  # how prompts are built and counted is part of the result
         include_path = write_task_dir(self.store.root / "tasks")
 

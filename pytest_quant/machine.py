@@ -37,6 +37,13 @@ def _cpu() -> tuple[str, tuple[str, ...]]:
     return name, tuple(f for f in ISA_FLAGS if f in flags)
 
 
+def emulation(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The switches set that make this CPU compute as a lesser one (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA): part of
+    build and evaluation keys, so a run that emulates another machine computes its own results."""
+    env = dict(os.environ if env is None else env)
+    return {k: env[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if env.get(k)}
+
+
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere bf16 matmuls are emulated."""
     return bool({"avx512_bf16", "amx_bf16"} & set(_cpu()[1]))
