@@ -280,5 +280,6 @@ def run_fidelity(session: QuantSession, case: Case) -> GateRow:
                f"over {f['prompts']} prompts, {f['tokens']} tokens; {_summary(v, f['prompts'], 1)}")
     return GateRow(case.model, case.scheme, "fidelity", "kl", overall, _resolve(session, overall), message,
                    f"max_kl={max_kl:g}, min_top1={min_top1:g}, alpha={alpha:g}", f["kl"], None, None, f["prompts"], 1,
-                   "hf", extra={"top1_agreement": f["top1_agreement"], "tokens": f["tokens"]})
+                   "hf", extra={"top1_agreement": f["top1_agreement"], "tokens": f["tokens"],
+                                "bounds": {k: d.__dict__ for k, d in decisions.items()}})
 

@@ -208,6 +208,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("baseline_rtol", "relative drop from the baseline that counts as a regression", in_range(0, 1, False, True),
            0.05),
     Option("report", "write a JSON report of every gate to this path", text),
+    Option("summary", "write a Markdown summary of the gates (with flipped items) to this path, and their figure "
+           "beside it as .png (needs matplotlib); also appended to $GITHUB_STEP_SUMMARY when set", text),
     Option("build_gpus", "GPUs for a build (distributed oneshot through torchrun when > 1)", positive_int, 1),
     Option("build_timeout", "seconds a multi-GPU build (torchrun and its ranks) may run", positive, 7200.0),
     Option("eval_gpus", "GPUs for an evaluation (vLLM tensor parallel / hf parallelize when > 1)", positive_int, 1),

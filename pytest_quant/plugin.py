@@ -20,7 +20,8 @@ from .markers import MARKERS, parse_markers
 from .models import resolve_model
 from .options import Settings, add_options
 from .recipes import RecipeSpec
-from .report import table, write_report
+from .report import passed, table, write_report, write_summary
+from .summary import flip_lines
 from .rows import RowCollector, conclude, error_row, mark_quant_item
 from .session import Case, QuantSession
 from .stash import BASELINE, COLLECTOR, SESSION, SPECS
@@ -66,7 +67,7 @@ def _validate(settings: Settings, qs: QuantSession, config: pytest.Config) -> No
     cache = settings.source("cache_dir")
     if cache and Path(cache[0]).exists() and not Path(cache[0]).is_dir():
         raise QuantUsageError(f"{cache[1]}: {cache[0]!r} exists and is not a directory; point it at a directory")
-    for name in ("report", "save_baseline"):
+    for name in ("report", "save_baseline", "summary"):
         found = settings.source(name)
         if found and not Path(found[0]).resolve().parent.is_dir():
             raise QuantUsageError(f"{found[1]}: the directory of {found[0]!r} does not exist")
@@ -250,6 +251,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.write_line(table(rows))
     for r in rows:
         terminalreporter.write_line(f"- {r['model']} {r['scheme']} {r['task']}: {r['message']}")
+        for line in flip_lines(r):
+            terminalreporter.write_line(line)
     terminalreporter.write_line(f"backend: {qs.backend} ({qs.backend_reason}); device: {qs.device.describe()}; "
                                 f"machine: {describe(signature(qs.device))}; "
                                 f"alpha {qs.settings.get('alpha'):g}, UNDECIDED -> {qs.settings.get('undecided')}")
@@ -265,6 +268,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             write_report(qs.settings.get("report"), collector.rows, collector.failed_tests, exitstatus,
                          {"device": qs.device.describe(), "machine": signature(qs.device), "profile": qs.settings.profile,
                           "alpha": qs.settings.get("alpha"), "undecided": qs.settings.get("undecided")})
+        write_summary(qs.settings.get("summary"), collector.rows,
+                      {"passed": passed(collector.rows, collector.failed_tests, exitstatus),
+                       "machine_text": describe(signature(qs.device)), "profile": qs.settings.profile})
         target = qs.settings.get("save_baseline")
         if target and collector.rows:
             n = save_baseline(target, collector.rows, bool(qs.settings.get("overwrite_baseline")))

@@ -44,6 +44,30 @@ def passed(rows: list[dict[str, Any]], failed_tests: list[str], exitstatus: int)
     return exitstatus == 0 and not failed_tests and all(r.get("passed") or r.get("outcome") == "xfailed" for r in rows)
 
 
+def write_summary(path: str | None, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """The Markdown summary (--quant-summary PATH, with the gates' figure beside it as PATH.png when matplotlib is
+    installed), appended to $GITHUB_STEP_SUMMARY when that is set (GitHub Actions renders it)."""
+    import os
+
+    from .summary import markdown, plot
+
+    targets = [Path(p) for p in (path, os.environ.get("GITHUB_STEP_SUMMARY")) if p]
+    if not targets or not rows:
+        return
+    figure = None
+    if path:
+        try:
+            figure = plot(rows, Path(path).with_suffix(".png")).name
+        except ImportError:
+            figure = None  # matplotlib is optional: the table and items still say everything
+    text = markdown(rows, meta, figure)
+    if path:
+        atomic_write_text(Path(path), text)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as f:
+            f.write(text)
+
+
 def write_report(path: Path | str, rows: list[dict[str, Any]], failed_tests: list[str], exitstatus: int,
                  meta: dict[str, Any]) -> None:
     counts: dict[str, int] = {}
