@@ -423,3 +423,19 @@ def test_yaml_cadence_follows_llmcompressor_when_set(fake: pytest.Pytester, monk
     assert "does not include CADENCE='nightly'" in r.stdout.str()
     monkeypatch.delenv("CADENCE")
     run(fake).assert_outcomes(passed=2)
+
+
+def test_summary_markdown_and_github_step_summary(fake: pytest.Pytester, monkeypatch, tmp_path) -> None:
+    """--quant-summary writes the Markdown (and its figure when matplotlib is installed); GitHub's step summary
+    gets the same text appended without a flag."""
+    fake.makepyfile(test_gates=GATED)
+    step = tmp_path / "step-summary.md"
+    step.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    monkeypatch.setenv("FAKE_VALUES", json.dumps({"base": 0.70, "W4A16": 0.50}))
+    r = run(fake, "--quant-scheme", "W4A16", "-k", "accuracy", "--quant-summary", "gates.md")
+    r.assert_outcomes(failed=1)
+    md = (fake.path / "gates.md").read_text()
+    assert "| ❌ | smollm2-135m-instruct | W4A16 | quant_facts | acc |" in md and "<details>" in md
+    assert step.read_text() == "earlier step\n" + md
+    r.stdout.fnmatch_lines(["*items base right, quantized wrong*the discordant pairs*", "*item *: '*' (target *"])

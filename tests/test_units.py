@@ -385,3 +385,32 @@ def test_skips_follow_vllm_s_own_answer_where_there_is_one() -> None:
     assert "Quant type (uint8b128) not supported by CPUWNA16" in reason
     assert "has no cpu_gemm_wna16 op for this CPU" in skip_reason("W4A16", cpu, "vllm", vllm_support=on_cpu)
     assert skip_reason("W8A8", cpu, "vllm", vllm_support=on_cpu) is None
+
+
+def test_flipped_items_of_a_real_run_are_the_discordant_pairs_the_gate_decided_on() -> None:
+    """The main job's report from a 2-core AVX2 EPYC (tests/recorded): W4A16's FAIL lists the items the base got
+    right and W4A16 wrong, with their prompts; a PASS shows nothing in the terminal."""
+    from pytest_quant.summary import flip_lines, flips, markdown
+
+    rows = json.loads((RECORDED / "main-job-amd-avx2-report.json").read_text())["gates"]
+    w4, w8 = rows[0], rows[3]
+    f = flips(w4)
+    base, quant = w4["extra"]["items"]["base"], w4["extra"]["items"]["quantized"]
+    assert len(f["lost"]) == sum(b == 1 and q == 0 for b, q in zip(base, quant)) == 33 and len(f["gained"]) == 5
+    assert (sum(base) - sum(quant)) == len(f["lost"]) - len(f["gained"])  # the accuracy gap is the discordance
+    lines = flip_lines(w4)
+    assert lines[0].strip().startswith("33 of 240 items base right, quantized wrong, 5 the reverse")
+    assert "What is 34 plus 33?" in lines[1] and "(target '67')" in lines[1]
+    assert flip_lines(w8) == []
+    md = markdown(rows, {"passed": False, "profile": "ci", "machine_text": "AMD EPYC [avx2]"}, "gates.png")
+    assert "| ❌ | smollm2-135m-instruct | W4A16 | quant_facts | acc | 0.7167 | 0.6000 | 240 | FAIL |" in md
+    assert "<details><summary>❌ W4A16 quant_facts acc: FAIL</summary>" in md and "![" in md
+
+
+def test_the_gates_figure_is_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from pytest_quant.summary import plot
+
+    rows = json.loads((RECORDED / "main-job-amd-avx2-report.json").read_text())["gates"]
+    out = plot(rows, tmp_path / "gates.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
