@@ -1,6 +1,8 @@
 """Check the main job's report against the verdicts known for the bundled model (a known-answer test).
 
-    python scripts/check_main_job.py quant-report.json
+    python scripts/check_main_job.py quant-report.json [--scheme W4A16]
+
+(``--scheme``: check that scheme's gates only, for a run of part of the suite.)
 
 The rule, the same for every gate (docs/THRESHOLDS.md, "Across machines"): a gate's expected verdict is required
 only where it holds in at least 99% of simulated runs (`python -m pytest_quant.power --report`) at the smallest
@@ -36,18 +38,21 @@ def kind(gate: dict) -> str:
     return "bos" if (gate.get("key") or "").endswith("bos-sensitivity") else "accuracy"
 
 
-def main(path: str) -> int:
+def main(path: str, scheme: str | None = None) -> int:
     report = json.load(open(path))
+    expected = {k: v for k, v in ALLOWED.items() if scheme in (None, k[0])}
     problems = []
     seen = set()
     for g in report["gates"]:
         name = (g["scheme"], kind(g))
+        if scheme not in (None, name[0]):
+            continue
         seen.add(name)
-        allowed = ALLOWED.get(name)
+        allowed = expected.get(name)
         if allowed is None or g["verdict"] not in allowed:
             problems.append(f"{' '.join(name)}: {g['verdict']} (allowed: {', '.join(sorted(allowed or {'no gate'}))})"
                             f": {g['message']}")
-    problems += [f"{' '.join(n)}: no gate ran" for n in ALLOWED.keys() - seen]
+    problems += [f"{' '.join(n)}: no gate ran" for n in expected.keys() - seen]
     for p in problems:
         print(f"[check] {p}")
     print(f"[check] {len(report['gates'])} gates, {len(problems)} unexpected")
@@ -55,4 +60,5 @@ def main(path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    args = sys.argv[1:]
+    sys.exit(main(args[0], args[args.index("--scheme") + 1] if "--scheme" in args else None))
