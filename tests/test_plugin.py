@@ -193,7 +193,7 @@ def test_undecided_gates_look_at_more_items_up_to_the_budget(fake: pytest.Pytest
     """)
     r = run(fake, "--quant-scheme", "W4A16", "--quant-profile", "ci", "--quant-report", "report.json")
     (gate,) = json.loads((fake.path / "report.json").read_text())["gates"]
-    assert gate["looks"] >= 2 and gate["n"] in (120, 250)
+    assert gate["looks"] >= 2 and gate["n"] in (120, 240, 389)  # the CI profile's looks: 60, 120, 240, all 389
     asked = [json.loads(line)[3] for line in log.read_text().splitlines()]
     assert asked[:2] == [60, 60] and max(asked) == gate["n"]
     r.stdout.fnmatch_lines([f"*on {gate['n']} items after {gate['looks']} looks*"])
