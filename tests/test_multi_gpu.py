@@ -15,7 +15,7 @@ from pytest_quant.hardware import Device, skip_reason
 from pytest_quant.options import Settings
 from pytest_quant.yaml_items import parse_config
 
-from .test_plugin import FAKE
+from .test_plugin import fake_subprocess
 
 
 def test_build_gpus_become_a_torchrun_of_llmcompressor_distributed_oneshot() -> None:
@@ -68,7 +68,7 @@ def test_zero_gpus_is_refused() -> None:
 
 
 def test_checkpoint_tests_skip_when_the_machine_has_too_few_gpus(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(FAKE)
+    fake_subprocess(pytester)
     pytester.makepyfile(test_big="""
         import pytest
         def test_ck(quantized_checkpoint):

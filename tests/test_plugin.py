@@ -1,59 +1,23 @@
 """The plugin through pytester: options, parametrization, markers, verdicts, skips, reports, baselines, YAML.
 
-Builds and evaluations are replaced by canned per-item results here (FAKE below) so that these tests check
+Builds and evaluations are replaced by canned per-item results here (tests/fake_pipeline.py) so that these tests check
 the plugin's own logic in seconds; tests/test_e2e_*.py run the real pipeline.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from pytest_quant.options import OPTIONS
-
-FAKE = """
-import hashlib, json, os
-from pathlib import Path
-from pytest_quant.build import Checkpoint
-from pytest_quant.evaluate import ItemResults
-from pytest_quant.hardware import Device
-from pytest_quant.models import resolve_model
-from pytest_quant.recipes import RecipeSpec
 from pytest_quant.session import QuantSession
 
-VALUES = json.loads(os.environ.get("FAKE_VALUES", '{"base": 0.70, "W4A16": 0.66, "W8A8": 0.50}'))
-LOG = os.environ.get("FAKE_LOG")
+from . import fake_pipeline
 
-def build(self, target):
-    return Checkpoint(Path("/nonexistent/" + target.scheme), Path("/nonexistent"), resolve_model(target.model),
-                      RecipeSpec(target.scheme), {"key": "k-" + target.scheme, "seconds": 1.5}, True, target.scheme)
-
-def u(i):  # the same per-item difficulty for every model: paired answers
-    return int(hashlib.sha256(str(i).encode()).hexdigest()[:8], 16) / 2**32
-
-def items(self, target, run, ids):
-    if os.environ.get("FAKE_CRASH"):
-        from pytest_quant.evaluate import EvaluationFailed
-        raise EvaluationFailed("vLLM evaluation exited with code -6: RuntimeError: engine core died")
-    name = target.scheme or "base"
-    p = VALUES[name] - (0 if run.add_bos_token else VALUES.get("bos_drop_" + name, 0.02))
-    if LOG:
-        with open(LOG, "a") as f:
-            c = (target.calibration or self.calibration()) if target.scheme else None
-            f.write(json.dumps([name, run.task, run.add_bos_token, len(ids),
-                                c and [c.num_samples, c.max_seq_length]]) + "\\n")
-    return ItemResults({i: {"acc": float(u(i) < p), "acc_norm": float(u(i) < p)} for i in ids},
-                       {"1": len(ids)} if run.add_bos_token else {"0": len(ids)}, "hf", 0.5, versions={"lm_eval": "x"})
-
-QuantSession.build = build
-QuantSession.items = items
-QuantSession.check_build = lambda self, case: None  # the real one loads the model's shapes
-QuantSession.backend = property(lambda self: os.environ.get("FAKE_BACKEND", "hf"))
-QuantSession.backend_reason = property(lambda self: "fake")
-QuantSession.device = property(lambda self: Device(*json.loads(os.environ.get("FAKE_DEVICE", '["cpu", "x86_64"]'))))
-QuantSession.vllm_support = property(lambda self: json.loads(os.environ.get("FAKE_SUPPORT", "null")))
-"""
+FAKE = "import fake_pipeline\nfake_pipeline.install()\n"  # the conftest of subprocess runs
+FAKE_MODULE = (Path(__file__).parent / "fake_pipeline.py").read_text()
 
 GATED = """
 import pytest
@@ -70,14 +34,28 @@ def test_bos(quantized_checkpoint):
 
 @pytest.fixture
 def fake(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A pytester directory whose runs build and evaluate nothing (tests/fake_pipeline.py)."""
     for name in ("QUANT_VLLM_PYTHON", "QUANT_CACHE_DIR", "QUANT_BACKEND"):
         monkeypatch.delenv(name, raising=False)
-    pytester.makeconftest(FAKE)
+    for name, value in fake_pipeline.PATCHES.items():
+        monkeypatch.setattr(QuantSession, name, value)
     return pytester
 
 
+def fake_subprocess(p: pytest.Pytester) -> pytest.Pytester:
+    """The same fake for runs in a subprocess (xdist workers): loaded by their conftest."""
+    p.makepyfile(fake_pipeline=FAKE_MODULE)
+    p.makeconftest(FAKE)
+    return p
+
+
 def run(p: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return p.runpytest_subprocess("-p", "no:randomly", *args)
+    """pytest in this process: the fake's patches hold, and no interpreter starts."""
+    return p.runpytest_inprocess("-p", "no:randomly", *args)
+
+
+def run_subprocess(p: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return fake_subprocess(p).runpytest_subprocess("-p", "no:randomly", *args)
 
 
 def test_every_option_is_on_the_command_line(pytester: pytest.Pytester) -> None:
@@ -146,7 +124,7 @@ def test_report_says_passed_only_when_everything_passed(fake: pytest.Pytester, m
 def test_report_under_xdist_gathers_every_workers_rows(fake: pytest.Pytester) -> None:
     """Two workers: the controller's report holds both schemes' rows and fails on W8A8's failed gate."""
     fake.makepyfile(test_gates=GATED)
-    r = run(fake, "-n", "2", "--dist", "loadgroup", "-k", "accuracy", "--quant-report", "report.json")
+    r = run_subprocess(fake, "-n", "2", "--dist", "loadgroup", "-k", "accuracy", "--quant-report", "report.json")
     r.assert_outcomes(passed=1, failed=1)
     report = json.loads((fake.path / "report.json").read_text())
     assert {(g["scheme"], g["verdict"], g["outcome"]) for g in report["gates"]} == {

@@ -175,12 +175,12 @@ def test_no_shell_and_no_remote_code_by_default() -> None:
 
 
 def test_secrets_never_reach_reports_or_baselines(pytester: pytest.Pytester, monkeypatch) -> None:
-    from .test_plugin import FAKE, GATED
+    from .test_plugin import GATED, fake_subprocess
 
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
     monkeypatch.setenv("QUANT_REPORT", "report.json")
     monkeypatch.delenv("QUANT_VLLM_PYTHON", raising=False)
-    pytester.makeconftest(FAKE)
+    fake_subprocess(pytester)
     pytester.makepyfile(test_gates=GATED)
     pytester.runpytest_subprocess("--quant-save-baseline", "baseline.json", "--junitxml", "junit.xml")
     for name in ("report.json", "baseline.json", "junit.xml"):
