@@ -232,6 +232,12 @@ def add_options(parser: Any) -> None:
         parser.addini(o.ini, o.help, type="linelist" if o.repeat else "string", default=None)
 
 
+def asked(config: Any) -> bool:
+    """Whether pytest's command line or ini file names a quant option (the environment alone does not)."""
+    return any(config.getoption("quant_" + o.name) not in (None, [])
+               or config.getini(o.ini) not in (None, [], "") for o in OPTIONS)
+
+
 class Settings:
     """Options resolved for one session (command line > environment > ini > marker > profile > default)."""
 
@@ -275,9 +281,6 @@ class Settings:
         except (TypeError, ValueError) as e:
             shown = raw if not isinstance(raw, list) or len(raw) != 1 else raw[0]
             raise QuantUsageError(f"{where}: bad value {shown!r} for {name}: {e}") from None
-
-    def is_set(self, name: str) -> bool:
-        return self.source(name) is not None
 
     def validate(self) -> None:
         """Convert every value the user set; the first bad one raises a one-line usage error."""

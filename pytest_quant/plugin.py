@@ -18,13 +18,13 @@ from .hardware import visible_gpus, why_skip, worker_gpus
 from .machine import describe, signature
 from .markers import MARKERS, parse_markers
 from .models import resolve_model
-from .options import Settings, add_options
+from .options import Settings, add_options, asked
 from .recipes import RecipeSpec
 from .report import passed, table, write_report, write_summary
 from .summary import flip_lines
 from .rows import RowCollector, conclude, error_row, mark_quant_item
 from .session import Case, QuantSession
-from .stash import BASELINE, COLLECTOR, SESSION, SPECS
+from .stash import BASELINE, COLLECTOR, REFUSED, SESSION, SPECS
 from .tasks import check_metric, primary_metric
 
 CASE_FIXTURES = {"quant_case", "quantized_checkpoint", "quant_scheme", "quant_recipe"}
@@ -102,21 +102,48 @@ def _assign_worker_gpus(config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers; start the session only when the command line or ini names a quant option. Otherwise
+    pytest-quant stays inert until a test uses its fixtures or markers or a quant_*.yaml is collected (_activate):
+    a project that merely has it installed gets no probe and no QUANT_* validation."""
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     if config.getoption("help", False) or config.getoption("version", False):
         return
+    if asked(config):
+        try:
+            _activate(config)
+        except QuantError as e:
+            raise pytest.UsageError(f"pytest-quant: {e}") from None
+
+
+def _activate(config: pytest.Config) -> QuantSession:
+    """The session, started (options resolved and validated, the vLLM interpreter probed) on first need. A refusal
+    is remembered, so that collection can stop the run with it (_refuse) and the report says why."""
+    if SESSION in config.stash:
+        return config.stash[SESSION]
+    if REFUSED in config.stash:
+        raise config.stash[REFUSED]
     try:
         settings = Settings.from_pytest(config)
         qs = QuantSession(settings, *_cache_dir(config))
         _validate(settings, qs, config)
     except QuantError as e:
+        config.stash[REFUSED] = e
         _report_refusal(config, str(e))
-        raise pytest.UsageError(f"pytest-quant: {e}") from None
+        raise
     config.stash[SESSION] = qs
     _assign_worker_gpus(config)  # before anything in this worker initializes CUDA
     config.stash[COLLECTOR] = RowCollector()
     config.pluginmanager.register(config.stash[COLLECTOR], "pytest-quant-rows")
+    return qs
+
+
+def _started(config: pytest.Config) -> QuantSession | None:
+    """The session if this run needs one: started now, or None when it failed to start (collection refuses)."""
+    try:
+        return _activate(config)
+    except QuantError:
+        return None
 
 
 def _report_refusal(config: pytest.Config, reason: str) -> None:
@@ -132,9 +159,10 @@ def _report_refusal(config: pytest.Config, reason: str) -> None:
         pass
 
 
-def _refuse(config: pytest.Config, reason: str) -> NoReturn:
+def _refuse(config: pytest.Config, reason: str, row: bool = True) -> NoReturn:
     """Stop a run refused after its start (collection): an ERROR row for the report, then a usage error (exit 4)."""
-    config.stash[COLLECTOR].rows.append(error_row("pytest-quant", {}, f"refused: {reason}").as_dict())
+    if row:
+        config.stash[COLLECTOR].rows.append(error_row("pytest-quant", {}, f"refused: {reason}").as_dict())
     raise pytest.UsageError(f"pytest-quant: {reason}") from None
 
 
@@ -144,9 +172,8 @@ def _session(config: pytest.Config) -> QuantSession:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = set(metafunc.fixturenames)
-    if SESSION not in metafunc.config.stash or not names & (CASE_FIXTURES | MODEL_FIXTURES):
+    if not names & (CASE_FIXTURES | MODEL_FIXTURES) or (session := _started(metafunc.config)) is None:
         return
-    session = _session(metafunc.config)
     if names & CASE_FIXTURES:
         cases = session.cases()
         metafunc.parametrize("quant_case", cases, ids=[c.id for c in cases], indirect=True, scope="session")
@@ -163,9 +190,14 @@ def _case(item: pytest.Item) -> Case | None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    if SESSION not in config.stash:
-        return
-    qs = _session(config)
+    if REFUSED in config.stash:
+        _refuse(config, str(config.stash[REFUSED]), row=False)  # the report already holds the refusal
+    if SESSION not in config.stash and not any(item.get_closest_marker(name) for item in items for name in MARKERS):
+        return  # not asked: inert
+    try:
+        qs = _activate(config)
+    except QuantError as e:
+        _refuse(config, str(e), row=False)
     xdist = config.pluginmanager.hasplugin("xdist")
     for item in items:
         case = _case(item)
@@ -281,6 +313,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if SESSION not in config.stash:
+        return
     from .evaluate import release_models
 
     release_models()
@@ -289,7 +323,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     from .yaml_items import QuantYamlFile, is_config
 
-    if is_config(file_path):
+    if is_config(file_path) and _started(parent.config) is not None:
         return QuantYamlFile.from_parent(parent, path=file_path)
     return None
 

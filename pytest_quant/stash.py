@@ -13,3 +13,4 @@ BASELINE = pytest.StashKey["Baseline | None"]()
 COLLECTOR = pytest.StashKey[RowCollector]()
 SPECS = pytest.StashKey[dict]()  # an item's parsed markers, from collection to its run
 
+REFUSED = pytest.StashKey[Exception]()  # why the session could not start, for collection to refuse the run with

@@ -417,3 +417,21 @@ def test_summary_markdown_and_github_step_summary(fake: pytest.Pytester, monkeyp
     assert "| ❌ | smollm2-135m-instruct | W4A16 | quant_facts | acc |" in md and "<details>" in md
     assert step.read_text() == "earlier step\n" + md
     r.stdout.fnmatch_lines(["*items base right, quantized wrong*the discordant pairs*", "*item *: '*' (target *"])
+
+
+def test_the_plugin_is_inert_until_asked(pytester: pytest.Pytester, monkeypatch, tmp_path) -> None:
+    """An unrelated project with pytest-quant installed: bad QUANT_* values and a vLLM interpreter that records
+    every start change nothing, until a test asks for a quant fixture."""
+    probe = tmp_path / "probed"
+    vllm = tmp_path / "vllm-python"
+    vllm.write_text(f"#!/bin/sh\ntouch {probe}\nexit 1\n")
+    vllm.chmod(0o755)
+    monkeypatch.setenv("QUANT_MAX_ITEMS", "abc")
+    monkeypatch.setenv("QUANT_VLLM_PYTHON", str(vllm))
+    pytester.makepyfile(test_app="def test_app():\n    assert 1 + 1 == 2\n")
+    pytester.runpytest_inprocess("-p", "no:randomly").assert_outcomes(passed=1)
+    assert not probe.exists()
+    pytester.makepyfile(test_quant="def test_q(quant_model_id):\n    pass\n")
+    r = pytester.runpytest_inprocess("-p", "no:randomly")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*QUANT_MAX_ITEMS: bad value 'abc' for max_items*"])
