@@ -1,13 +1,52 @@
-"""The summary table and the JSON report of every gate that ran (and every quant test that broke)."""
+"""The summary table and the JSON report of every gate that ran (and every quant test that broke).
+
+The report is :class:`Report`, versioned by ``format``; its JSON schema is docs/report.schema.json
+(``python -m pytest_quant.report --schema`` prints it, ``--check REPORT`` validates a report against it).
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .rows import GateRow
 from .store import atomic_write_text
+
+REPORT_FORMAT = "pytest-quant-report/1"
+
+
+class Report(BaseModel):
+    """The JSON report of one run (--quant-report)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["pytest-quant-report/1"]
+    created: str
+    exitstatus: int
+    passed: bool  # true only when pytest exited 0, no test failed or errored, and every gate passed its test
+    verdicts: dict[str, int]  # how many gates reached each verdict
+    failed_tests: list[str]
+    gates: list[GateRow]
+    machine: dict[str, Any]  # the evaluating machine's signature (pytest_quant.machine.signature)
+    device: str | None = None  # absent when the run was refused before it found its device
+    profile: str | None = None
+    alpha: float | None = None
+    undecided: Literal["fail", "pass", "xfail"] | None = None
+
+    @classmethod
+    def read(cls, path: Path | str) -> "Report":
+        """A report from its file; a report of another format or shape is an error naming the first problem."""
+        try:
+            return cls.model_validate_json(Path(path).read_text())
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise ValueError(f"{path}: not a {REPORT_FORMAT} report: {where}: {first['msg']}") from None
 
 COLUMNS = (("model", "model"), ("scheme", "scheme"), ("task", "task"), ("metric", "metric"), ("base", "base"),
            ("quantized", "quantized"), ("recovery", "recovery"), ("n", "items"), ("looks", "looks"),
@@ -73,7 +112,29 @@ def write_report(path: Path | str, rows: list[dict[str, Any]], failed_tests: lis
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.get("verdict", "?")] = counts.get(r.get("verdict", "?"), 0) + 1
-    doc = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta, "exitstatus": int(exitstatus),
-           "passed": passed(rows, failed_tests, exitstatus), "verdicts": counts, "failed_tests": failed_tests,
-           "gates": rows}
-    atomic_write_text(Path(path), json.dumps(doc, indent=2, default=str))
+    report = Report(format=REPORT_FORMAT, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta,
+                    exitstatus=int(exitstatus), passed=passed(rows, failed_tests, exitstatus), verdicts=counts,
+                    failed_tests=failed_tests, gates=rows)
+    atomic_write_text(Path(path), json.dumps(report.model_dump(), indent=2, default=str))
+
+
+def main(argv: list[str]) -> int:
+    """``--schema``: print the report's JSON schema; ``--check REPORT...``: validate reports (exit 1 on the first bad)."""
+    if argv[:1] == ["--schema"]:
+        print(json.dumps(Report.model_json_schema(), indent=2))
+        return 0
+    if argv[:1] == ["--check"] and argv[1:]:
+        for path in argv[1:]:
+            try:
+                report = Report.read(path)
+            except (OSError, ValueError) as e:
+                print(e, file=sys.stderr)
+                return 1
+            print(f"{path}: {report.format}, {len(report.gates)} gates, passed {report.passed}")
+        return 0
+    print("usage: python -m pytest_quant.report --schema | --check REPORT...", file=sys.stderr)
+    return 4
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

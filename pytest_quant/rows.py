@@ -8,9 +8,10 @@ row with the reason, so no report can look clean while a test broke.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from pydantic import ConfigDict
 
 from .stats import FAIL, PASS, UNDECIDED
 
@@ -21,11 +22,15 @@ ITEM_PROPERTY = "quant_item"  # marks a test as a quant test (with its model and
 
 @dataclass
 class GateRow:
+    """One gate's result: a row of the terminal table and of the JSON report."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]  (the report's schema)
+
     model: str
     scheme: str
     task: str
     metric: str
-    verdict: str  # PASS, FAIL, UNDECIDED or ERROR
+    verdict: Literal["PASS", "FAIL", "UNDECIDED", "ERROR"]
     passed: bool  # what the test does with it (an UNDECIDED verdict follows --quant-undecided)
     message: str
     threshold: str = ""

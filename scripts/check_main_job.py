@@ -1,8 +1,10 @@
 """Check the main job's report against the verdicts known for the bundled model (a known-answer test).
 
-    python scripts/check_main_job.py quant-report.json [--scheme W4A16]
+    python scripts/check_main_job.py quant-report.json [--scheme W4A16] [--gate accuracy]
 
-(``--scheme``: check that scheme's gates only, for a run of part of the suite.)
+(``--scheme`` / ``--gate``: check that scheme's or kind's gates only (accuracy, bos, fidelity), for a run of part of
+the suite.) The report is read as the versioned report model (pytest_quant.report.Report): one of another shape
+fails the check.
 
 The rule, the same for every gate (docs/THRESHOLDS.md, "Across machines"): a gate's expected verdict is required
 only where it holds in at least 99% of simulated runs (`python -m pytest_quant.power --report`) at the smallest
@@ -23,8 +25,9 @@ Exit 0 when the report says exactly that, 1 (naming each difference) otherwise.
 
 from __future__ import annotations
 
-import json
 import sys
+
+from pytest_quant.report import Report
 
 FAIL, PASS, UNDECIDED = "FAIL", "PASS", "UNDECIDED"
 ALLOWED = {("W4A16", "accuracy"): {FAIL}, ("W8A8", "accuracy"): {PASS, UNDECIDED},
@@ -38,14 +41,15 @@ def kind(gate: dict) -> str:
     return "bos" if (gate.get("key") or "").endswith("bos-sensitivity") else "accuracy"
 
 
-def main(path: str, scheme: str | None = None) -> int:
-    report = json.load(open(path))
-    expected = {k: v for k, v in ALLOWED.items() if scheme in (None, k[0])}
+def main(path: str, scheme: str | None = None, gate: str | None = None) -> int:
+    report = Report.read(path).model_dump()
+    wanted = lambda name: scheme in (None, name[0]) and gate in (None, name[1])  # noqa: E731
+    expected = {k: v for k, v in ALLOWED.items() if wanted(k)}
     problems = []
     seen = set()
     for g in report["gates"]:
         name = (g["scheme"], kind(g))
-        if scheme not in (None, name[0]):
+        if not wanted(name):
             continue
         seen.add(name)
         allowed = expected.get(name)
@@ -61,4 +65,5 @@ def main(path: str, scheme: str | None = None) -> int:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    sys.exit(main(args[0], args[args.index("--scheme") + 1] if "--scheme" in args else None))
+    option = lambda flag: args[args.index(flag) + 1] if flag in args else None  # noqa: E731
+    sys.exit(main(args[0], option("--scheme"), option("--gate")))

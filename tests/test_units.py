@@ -362,7 +362,8 @@ def test_shipped_fixture_configs_parse() -> None:
         parse_config(yaml.safe_load((FIXTURES / "quant_malformed.yaml").read_text()))
 
 
-RECORDED = Path(__file__).resolve().parent / "recorded"
+ROOT = Path(__file__).resolve().parent.parent
+RECORDED = ROOT / "tests" / "recorded"
 
 
 def test_skips_follow_vllm_s_own_answer_where_there_is_one() -> None:
@@ -414,3 +415,31 @@ def test_the_gates_figure_is_a_png(tmp_path: Path) -> None:
     rows = json.loads((RECORDED / "main-job-amd-avx2-report.json").read_text())["gates"]
     out = plot(rows, tmp_path / "gates.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_report_is_versioned_and_its_published_schema_is_current(tmp_path) -> None:
+    """A real main job's gates (recorded) written as a report validate against the model and its published schema;
+    a report of the format before versioning, or with an unknown key, is refused naming the field."""
+    import subprocess
+    import sys
+
+    from pytest_quant.report import REPORT_FORMAT, Report, write_report
+
+    recorded = json.loads((RECORDED / "main-job-amd-avx2-report.json").read_text())
+    path = tmp_path / "report.json"
+    write_report(path, recorded["gates"], recorded["failed_tests"], 1,
+                 {k: recorded[k] for k in ("device", "machine", "profile", "alpha", "undecided")})
+    report = Report.read(path)
+    assert report.format == REPORT_FORMAT and not report.passed and len(report.gates) == 6
+    assert json.loads((ROOT / "docs" / "report.schema.json").read_text()) == Report.model_json_schema()
+    with pytest.raises(ValueError, match="format: Field required"):
+        Report.read(RECORDED / "main-job-amd-avx2-report.json")
+    doc = json.loads(path.read_text())
+    doc["gates"][0]["colour"] = "red"
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="gates.0.colour: Unexpected keyword argument"):
+        Report.read(tmp_path / "bad.json")
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_main_job.py"), str(path)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "[check] 6 gates, 0 unexpected" in check.stdout
