@@ -25,8 +25,8 @@ if [ "$INSTALLER" = uv ]; then
   export UV_INDEX_STRATEGY=${UV_INDEX_STRATEGY:-unsafe-best-match}  # pip's rule: the best version of all indexes
   for var in UV_FIND_LINKS UV_EXTRA_INDEX_URL UV_CONSTRAINT; do [ -n "${!var}" ] || unset "$var"; done
 fi
-# venv DIR: a new environment; install DIR ARGS...: install into it, quietly, with the chosen installer.
-venv() { if [ "$INSTALLER" = uv ]; then .venvs/uv/bin/uv venv -q -p "$PY" "$1"; else "$PY" -m venv "$1"; fi; }
+# venv DIR: a new environment (with pip: tests install a second copy of pytest-quant with it); install DIR ARGS...: install into it, quietly, with the chosen installer.
+venv() { if [ "$INSTALLER" = uv ]; then .venvs/uv/bin/uv venv -q --seed -p "$PY" "$1"; else "$PY" -m venv "$1"; fi; }
 install() {
   local dir=$1; shift
   if [ "$INSTALLER" = uv ]; then .venvs/uv/bin/uv pip "$1" -q -p "$dir/bin/python" "${@:2}"
