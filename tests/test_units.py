@@ -443,3 +443,27 @@ def test_report_is_versioned_and_its_published_schema_is_current(tmp_path) -> No
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "[check] 6 gates, 0 unexpected" in check.stdout
+
+
+def test_progress_reports_the_bar_that_moved_every_period_and_restores_tqdm() -> None:
+    """Long work logs one line per period: the last bar's done/total, rate and ETA (or the elapsed time before any
+    bar), and tqdm is itself again afterwards."""
+    import time
+
+    from tqdm import std, tqdm
+
+    from pytest_quant.progress import reporting
+
+    lines: list[str] = []
+    update = std.tqdm.update
+    with reporting(lines.append, "calibrating W4A16", every=0.05):
+        time.sleep(0.12)
+        for _ in tqdm(range(4), desc="(2/31): Calibrating", disable=False, file=open("/dev/null", "w")):
+            time.sleep(0.06)
+        time.sleep(0.08)
+    assert std.tqdm.update is update
+    assert lines[0].startswith("calibrating W4A16: ") and lines[0].endswith("s elapsed")
+    assert any("(2/31): Calibrating: " in line and "/4 (" in line and "/s" in line for line in lines), lines
+    n = len(lines)
+    time.sleep(0.1)
+    assert len(lines) == n  # the ticker stopped
