@@ -265,10 +265,12 @@ class QuantYamlItem(pytest.Item):
         """The pytest-quant session (``session`` is pytest's)."""
         return self.config.stash[SESSION]
 
-    def skip_if_unsupported(self, scheme: str | None, gpus: int, backend: str) -> None:
+    def skip_if_unsupported(self, scheme: str | None, gpus: int, backend: str | None) -> None:
+        """Skip what this device cannot run; ``backend``: the one the config names (None: silent, the session's
+        choice serves, as --quant-backend auto picks per scheme)."""
         qs = self.qs
         used = qs.eval_backend(scheme)
-        reason = why_skip(qs.device, used, qs.backend_reason, scheme, (), gpus, backend,
+        reason = why_skip(qs.device, used, qs.why_not_vllm(scheme) or qs.backend_reason, scheme, (), gpus, backend,
                           qs.vllm_support if used == "vllm" else None)
         if reason:
             pytest.skip(reason)
@@ -391,7 +393,8 @@ class LlmCompressorItem(QuantYamlItem):
         target = self.case_target()
         if target.scheme != c.scheme:
             pytest.skip(f"the checkpoint given ({target.scheme}) is not this config's scheme {c.scheme}")
-        self.skip_if_unsupported(c.scheme, max(dict(target.gpus).values()), c.lmeval.model)
+        self.skip_if_unsupported(c.scheme, max(dict(target.gpus).values()),
+                                 c.lmeval.model if "model" in c.lmeval.model_fields_set else None)
         row = self.evaluate(lambda: yaml_recovery(self.qs, target, self.run(), self.metric, self.threshold,
                                                   self.marker))
         expected = (c.lmeval.metrics or {}).get(self.metric)

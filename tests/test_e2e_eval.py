@@ -146,7 +146,8 @@ def test_another_install_and_a_moved_store_hit_the_same_entries(checkpoints, tmp
     def evaluate_with(pythonpath: str, store_path: Path) -> list:
         env = {**os.environ, "PYTHONPATH": pythonpath}
         out = subprocess.run([sys.executable, "-c", code, str(checkpoints["W4A16"].path), str(store_path)], env=env,
-                             capture_output=True, text=True, timeout=600, check=True).stdout
+                             capture_output=True, text=True, timeout=600, check=True,
+                             cwd=tmp_path).stdout  # not the checkout: `python -c` imports from its directory first
         return json.loads(out.strip().splitlines()[-1])
 
     first = evaluate_with("", store)

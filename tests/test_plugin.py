@@ -391,6 +391,19 @@ def test_yaml_items_skip_what_the_device_cannot_run(fake: pytest.Pytester, monke
     assert "needs the hf backend; this session uses vllm" in out
 
 
+def test_a_silent_llmcompressor_config_follows_the_per_scheme_backend(fake: pytest.Pytester, monkeypatch) -> None:
+    """llm-compressor's lmeval.model defaults to vllm; a config that does not name it is evaluated as
+    --quant-backend auto picks (transformers where vLLM has no kernel), one that names vllm is skipped there."""
+    monkeypatch.setenv("FAKE_BACKEND", "vllm")
+    monkeypatch.setenv("FAKE_SUPPORT", json.dumps({"W4A16": {"error": "no cpu_gemm_wna16 op"}, "W8A8": {}}))
+    config = "model: smollm2-135m-instruct\nscheme: W4A16\nlmeval:\n  task: quant_facts\n  recovery_threshold: 0.5\n"
+    fake.makefile(".yaml", quant_silent=config, quant_named=config + "  model: vllm\n")
+    r = run(fake, "-rs", "--quant-backend", "auto")
+    r.assert_outcomes(passed=2, skipped=2)
+    r.stdout.fnmatch_lines(["*needs the vllm backend; this session uses hf (evaluated with transformers: vLLM cannot "
+                            "run W4A16 here (no cpu_gemm_wna16 op))*"])
+
+
 def test_yaml_cadence_follows_llmcompressor_when_set(fake: pytest.Pytester, monkeypatch) -> None:
     fake.makefile(".yaml", quant_weekly="cadence: weekly\nmodel: smollm2-135m-instruct\nscheme: W4A16\n"
                                         "lmeval:\n  task: quant_facts\n  recovery_threshold: 0.5\n")
