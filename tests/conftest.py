@@ -20,7 +20,8 @@ from pytest_quant.evaluate import release_models
 from pytest_quant.store import Store
 
 MODEL = "smollm2-135m-instruct"
-# Tiers by file (pyproject.toml lists the markers): scripts/test.sh runs unit and plugin by default, all with --all.
+# Tiers by file (pyproject.toml lists the markers): scripts/test.sh runs unit and plugin by default, --ci adds the
+# e2e tests not marked slow, --all runs everything.
 TIERS = {"test_plugin.py": "plugin", "test_bad_input.py": "plugin", "test_reliability.py": "plugin",
          "test_gpu_vllm.py": "gpu", "test_multi_gpu_run.py": "gpu", "test_hardware_gpu.py": "plugin"}
 

@@ -94,6 +94,7 @@ def test_default_group_size_is_refused_for_smollm2(store: Store) -> None:
         build_checkpoint(MODEL, RecipeSpec("W4A16"), CI_CALIBRATION, store)
 
 
+@pytest.mark.slow
 def test_two_xdist_workers_build_once_and_builds_are_bit_identical(pytester: pytest.Pytester, tmp_path: Path) -> None:
     """Two workers ask for the same (tiny-calibration) checkpoint at once: one builds, the other waits."""
     out = tmp_path / "seen"

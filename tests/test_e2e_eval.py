@@ -74,6 +74,7 @@ def test_vllm_cpu_evaluates_all_runs_in_one_engine(name: str, base, checkpoints,
     assert {r: a.items for r, a in again.items()} == {r: a.items for r, a in results.items()}
 
 
+@pytest.mark.slow
 def test_items_do_not_depend_on_which_others_are_evaluated(checkpoints, store, vllm_python, vllm_scheme,
                                                           tmp_path) -> None:
     """5-shot prompts: an item evaluated alone gets the answer it gets among others (few-shot drawn per item)."""
@@ -111,6 +112,7 @@ def test_fidelity_w8a8_is_closer_to_base_than_w4a16(base, checkpoints, store) ->
     assert f["W8A8"]["top1_agreement"] > f["W4A16"]["top1_agreement"]
 
 
+@pytest.mark.slow
 def test_results_are_keyed_by_content_not_by_name(base, checkpoints, tmp_path) -> None:
     """A copy of a checkpoint shares its results; the same path holding other weights gets new ones."""
     store = Store(tmp_path / "store")  # its own: the session's store may hold W8A8's results already

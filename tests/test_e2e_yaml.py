@@ -29,6 +29,7 @@ def run_config(pytester: pytest.Pytester, name: str, store: Path, vllm_python: s
     return r, json.loads((pytester.path / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_vllm_format_config_passes_with_its_stored_values(pytester: pytest.Pytester, store: Store,
                                                          vllm_python: str) -> None:
     r, report = run_config(pytester, "quant_vllm_format.yaml", store.root, vllm_python)
@@ -38,6 +39,7 @@ def test_vllm_format_config_passes_with_its_stored_values(pytester: pytest.Pytes
         ("quant_facts", "acc", 100)}
 
 
+@pytest.mark.slow
 def test_a_config_with_several_tasks_loads_the_model_once(pytester: pytest.Pytester, tmp_path: Path,
                                                           vllm_python: str) -> None:
     r, report = run_config(pytester, "quant_vllm_format.yaml", tmp_path / "fresh-store", vllm_python,
@@ -57,6 +59,7 @@ def test_llmcompressor_w4a16_config_finds_the_arithmetic_regression(pytester: py
     r.assert_outcomes(failed=2)
 
 
+@pytest.mark.slow
 def test_llmcompressor_w8a8_config_passes(pytester: pytest.Pytester, store: Store, vllm_python: str) -> None:
     r, report = run_config(pytester, "quant_llmcompressor_w8a8.yaml", store.root, vllm_python, *OFFLINE)
     assert {g["metric"]: g["verdict"] for g in report["gates"]} == {"acc": "PASS", "acc_norm": "PASS"}, \
