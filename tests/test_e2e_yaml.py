@@ -49,6 +49,7 @@ def test_a_config_with_several_tasks_loads_the_model_once(pytester: pytest.Pytes
     assert r.stdout.str().count("vLLM evaluation took") == 1, r.stdout.str()[-3000:]
 
 
+@pytest.mark.slow  # 754 s here, where transformers evaluates W4A16 (no vLLM kernel on AVX2)
 def test_llmcompressor_w4a16_config_finds_the_arithmetic_regression(pytester: pytest.Pytester, store: Store,
                                                                     vllm_python: str) -> None:
     r, report = run_config(pytester, "quant_llmcompressor_w4a16_gptq.yaml", store.root, vllm_python, *OFFLINE,
