@@ -8,7 +8,7 @@ from typing import Any, Iterator, NoReturn
 
 import pytest
 
-from . import gating
+from . import gating, html_extras
 from .baseline import Baseline, save_baseline
 from .build import Checkpoint
 from .calibration import check_jsonl
@@ -135,6 +135,7 @@ def _activate(config: pytest.Config) -> QuantSession:
     _assign_worker_gpus(config)  # before anything in this worker initializes CUDA
     config.stash[COLLECTOR] = RowCollector()
     config.pluginmanager.register(config.stash[COLLECTOR], "pytest-quant-rows")
+    html_extras.register(config)
     return qs
 
 

@@ -432,6 +432,19 @@ def test_summary_markdown_and_github_step_summary(fake: pytest.Pytester, monkeyp
     r.stdout.fnmatch_lines(["*items base right, quantized wrong*the discordant pairs*", "*item *: '*' (target *"])
 
 
+def test_html_report_gets_each_gates_verdict_items_and_figure(fake: pytest.Pytester, monkeypatch) -> None:
+    """With pytest-html active, a gate's test carries its verdict, message, flipped items and the figure."""
+    pytest.importorskip("pytest_html")
+    fake.makepyfile(test_gates=GATED)
+    monkeypatch.setenv("FAKE_VALUES", json.dumps({"base": 0.70, "W4A16": 0.50}))
+    run(fake, "--quant-scheme", "W4A16", "-k", "accuracy", "--html", "report.html", "--self-contained-html"
+        ).assert_outcomes(failed=1)
+    page = (fake.path / "report.html").read_text()
+    assert "W4A16 quant_facts acc: FAIL" in page and "items base right, quantized wrong" in page
+    assert "image/png" in page
+    run(fake, "--quant-scheme", "W4A16", "-k", "accuracy").assert_outcomes(failed=1)  # without --html: no extras
+
+
 def test_the_plugin_is_inert_until_asked(pytester: pytest.Pytester, monkeypatch, tmp_path) -> None:
     """An unrelated project with pytest-quant installed: bad QUANT_* values and a vLLM interpreter that records
     every start change nothing, until a test asks for a quant fixture."""
