@@ -83,6 +83,7 @@ class ItemResults:
     numerics: dict[str, Any] = field(default_factory=dict)  # code paths that computed them (lm_runner.numerics)
     elsewhere: str | None = None  # says so when some were measured on another machine (machine.elsewhere_note)
     machine: dict[str, Any] = field(default_factory=dict)  # the evaluating machine's signature (machine.signature)
+    answers: dict[int, Any] = field(default_factory=dict)  # what the model answered (lm_runner._model_answer), per item
 
     def values(self, metric: str, ids: list[int]) -> list[Value]:
         """The metric's value on each of ``ids``, in that order."""
@@ -500,15 +501,20 @@ class Evaluator:
                     info = {"items": [str(i) for i in ids], "bos_prefix_counts": r["bos_prefix_counts"],
                             "seconds": r["seconds"], "kernels": response["kernels"], "versions": response["versions"],
                             "numerics": response.get("numerics", {}), "machine": here, "backend": self.backend}
-                    body = json.dumps(r["items"])
-                    held[run].append(self.store.put(
-                        f"evals/{run_key(run)}", {"items": ids},
-                        lambda out, body=body, info=info: atomic_write_text(out / "items.json", body) or info,
-                        label=f"evaluation of {label}"))
+                    body, answers = json.dumps(r["items"]), json.dumps(r.get("answers", {}))
+
+                    def write(out: Path, body: str = body, answers: str = answers, info: dict = info) -> dict:
+                        atomic_write_text(out / "items.json", body)
+                        atomic_write_text(out / "answers.json", answers)
+                        return info
+
+                    held[run].append(self.store.put(f"evals/{run_key(run)}", {"items": ids}, write,
+                                                    label=f"evaluation of {label}"))
         out = {}
         for run, ids in wanted.items():
             entries = held[run]
             items: dict[int, dict[str, Value]] = {}
+            answers: dict[int, Any] = {}
             counts: dict[str, int] = {}
             seconds, useful, machines = 0.0, set(ids), []
             for e in entries:
@@ -517,6 +523,8 @@ class Evaluator:
                     continue
                 machines.append(info.get("machine"))
                 items.update({int(k): v for k, v in json.loads((e.path / "items.json").read_text()).items()})
+                if (e.path / "answers.json").is_file():  # entries written before answers were kept have none
+                    answers.update({int(k): v for k, v in json.loads((e.path / "answers.json").read_text()).items()})
                 for k, v in info["bos_prefix_counts"].items():
                     counts[k] = counts.get(k, 0) + v
                 seconds += info["seconds"]
@@ -524,7 +532,8 @@ class Evaluator:
             out[run] = ItemResults({i: items[i] for i in ids if i in items}, counts, self.backend, round(seconds, 2),
                                    last.get("kernels", []), last.get("versions", {}), cached=run not in missing,
                                    numerics=last.get("numerics", {}),
-                                   elsewhere=elsewhere_note([m or {} for m in machines], here), machine=here)
+                                   elsewhere=elsewhere_note([m or {} for m in machines], here), machine=here,
+                                   answers={i: answers[i] for i in ids if i in answers})
         return out
 
 

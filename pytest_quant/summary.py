@@ -28,11 +28,12 @@ def flips(row: dict[str, Any]) -> dict[str, Any] | None:
     items = (row.get("extra") or {}).get("items") or {}
     ids = items.get("ids") or []
     if items.get("base") is not None:
-        pairs, what = zip(items["base"], items["quantized"]), "base right, quantized wrong"
+        names, what = ("base", "quantized"), "base right, quantized wrong"
     elif items.get("quantized_with_bos") is not None:
-        pairs, what = zip(items["quantized_with_bos"], items["quantized_without_bos"]), "right with BOS, wrong without"
+        names, what = ("quantized_with_bos", "quantized_without_bos"), "right with BOS, wrong without"
     else:
         return None
+    pairs = zip(items[names[0]], items[names[1]])
     lost, gained = [], []
     for i, (ref, other) in zip(ids, pairs):
         r, o = _right(ref), _right(other)
@@ -42,7 +43,10 @@ def flips(row: dict[str, Any]) -> dict[str, Any] | None:
             lost.append(i)
         elif o and not r:
             gained.append(i)
-    return {"lost": lost, "gained": gained, "lost_means": what, "items": len(ids)}
+    kept = items.get("answers") or {}
+    answers = {i: {name.replace("quantized_", ""): kept[name][n] for name in names if name in kept}
+               for n, i in enumerate(ids) if i in lost}
+    return {"lost": lost, "gained": gained, "lost_means": what, "items": len(ids), "answers": answers}
 
 
 def _doc(task: str, item: int) -> dict[str, Any] | None:
@@ -57,17 +61,18 @@ def _doc(task: str, item: int) -> dict[str, Any] | None:
     return None
 
 
-def describe_item(task: str, item: int, width: int = 70) -> str:
-    """One line: the item's prompt (shortened) and its target, where the task is bundled."""
+def describe_item(task: str, item: int, answers: dict[str, Any] | None = None, width: int = 70) -> str:
+    """One line: the item's prompt (shortened) and its target, where the task is bundled, and what each model
+    answered (``answers``: model -> choice index or generated text)."""
     doc = _doc(task, item)
+    choices = doc.get("choices") if doc else None
+    said = lambda a: choices[a] if isinstance(a, int) and isinstance(choices, list) and a < len(choices) else a  # noqa: E731
+    answered = "".join(f", {name} {str(said(a))[:width]!r}" for name, a in (answers or {}).items() if a is not None)
     if doc is None:
-        return f"item {item}"
+        return f"item {item}{answered}"
     question = " ".join(str(doc.get("question", doc.get("text", ""))).split())
-    target = doc.get("answer")
-    if isinstance(target, int) and isinstance(doc.get("choices"), list):
-        target = doc["choices"][target]
     question = question if len(question) <= width else question[:width - 1] + "…"
-    return f"item {item}: {question!r} (target {target!r})"
+    return f"item {item}: {question!r} (target {said(doc.get('answer'))!r}{answered})"
 
 
 def flip_lines(row: dict[str, Any], limit: int = SHOWN) -> list[str]:
@@ -77,7 +82,7 @@ def flip_lines(row: dict[str, Any], limit: int = SHOWN) -> list[str]:
         return []
     head = (f"  {len(f['lost'])} of {f['items']} items {f['lost_means']}, {len(f['gained'])} the reverse "
             "(the discordant pairs the paired test decided on)")
-    return [head, *(f"    {describe_item(row['task'], i)}" for i in f["lost"][:limit])]
+    return [head, *(f"    {describe_item(row['task'], i, f['answers'].get(i))}" for i in f["lost"][:limit])]
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str | None = None) -> str:
@@ -100,7 +105,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str | Non
                       f"{r.get('metric')}: {r.get('verdict')}</summary>", "", str(r.get("message", ""))]
         if f:
             lines += ["", f"{len(f['lost'])} items {f['lost_means']}, {len(f['gained'])} the reverse:", ""]
-            lines += [f"- {describe_item(r['task'], i)}" for i in f["lost"]]
+            lines += [f"- {describe_item(r['task'], i, f['answers'].get(i))}" for i in f["lost"]]
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 

@@ -467,3 +467,22 @@ def test_progress_reports_the_bar_that_moved_every_period_and_restores_tqdm() ->
     n = len(lines)
     time.sleep(0.1)
     assert len(lines) == n  # the ticker stopped
+
+
+def test_flipped_items_say_what_each_model_answered() -> None:
+    """lm-eval's samples give the model's answer (the choice ranked first, or the generated text); a flipped item's
+    line names the target and both answers."""
+    from pytest_quant.lm_runner import _answers
+    from pytest_quant.summary import flip_lines
+
+    samples = [{"doc_id": 0, "filter": "none", "filtered_resps": [[-3.0, False], [-1.0, True], [-2.0, False]]},
+               {"doc_id": 1, "filter": "strict-match", "resps": [["  So 4.\n#### 4"]], "filtered_resps": ["4"]},
+               {"doc_id": 1, "filter": "flexible-extract", "resps": [["x"]], "filtered_resps": ["x"]},
+               {"doc_id": 2, "filter": "none", "filtered_resps": [-725.9]}]
+    assert _answers(samples) == {"0": 1, "1": "So 4. #### 4"}
+    row = {"verdict": "FAIL", "task": "quant_facts",
+           "extra": {"items": {"ids": [0, 1], "base": [1.0, 1.0], "quantized": [0.0, 1.0],
+                               "answers": {"base": [3, 2], "quantized": [0, 2]}}}}
+    lines = flip_lines(row)
+    assert lines[1] == ("    item 0: 'Which city is the capital city of Turkey?' (target 'Ankara', base 'Ankara', "
+                        "quantized 'Bratislava')")
