@@ -173,7 +173,10 @@ def materialize(source: ModelSource, store: Store, rebuild: bool = False) -> tup
         return snapshot, {"hub": source.ref, "commit": snapshot.name}
     ident = identity(source)
     gguf = _bundled_gguf(BUNDLED[source.ref]) if source.kind == "bundled" else Path(source.ref)
-    store.log(f"preparing base model {source.name} from {gguf.name}")
-    entry = store.get_or_create("models", {"model": ident}, lambda out: _convert_gguf(gguf, out),
-                                rebuild=rebuild, label=f"base model {source.name}")
+
+    def convert(out: Path) -> dict[str, Any]:
+        store.log(f"preparing base model {source.name} from {gguf.name}")
+        return _convert_gguf(gguf, out)
+
+    entry = store.get_or_create("models", {"model": ident}, convert, rebuild=rebuild, label=f"base model {source.name}")
     return entry.path, ident
