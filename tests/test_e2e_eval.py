@@ -48,7 +48,7 @@ def check_items(results: dict) -> None:
             assert value > 1 if "perplexity" in metric else 0 <= value <= 1, (run, metric, value)
 
 
-@pytest.mark.parametrize("name", ["base", "W4A16", "W8A8"])
+@pytest.mark.parametrize("name", [pytest.param("base", marks=pytest.mark.slow), "W4A16", "W8A8"])  # base: the same path
 def test_vllm_cpu_evaluates_all_runs_in_one_engine(name: str, base, checkpoints, store, vllm_python,
                                                    vllm_support) -> None:
     if "error" in vllm_support.get(name, {}):
