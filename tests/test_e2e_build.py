@@ -137,6 +137,7 @@ def test_two_xdist_workers_build_once_and_builds_are_bit_identical(pytester: pyt
     assert other.manifest["files"] == seen[0]["files"]
 
 
+@pytest.mark.slow  # a build of its own
 def test_batched_calibration_keeps_fidelity(store: Store) -> None:
     """Batch 4 (padded, masked) against batch 1 on the real model: KL within 10%, top-1 within 0.02."""
     from pytest_quant.fidelity import fidelity

@@ -48,7 +48,8 @@ def check_items(results: dict) -> None:
             assert value > 1 if "perplexity" in metric else 0 <= value <= 1, (run, metric, value)
 
 
-@pytest.mark.parametrize("name", [pytest.param("base", marks=pytest.mark.slow), "W4A16", "W8A8"])  # base: the same path
+@pytest.mark.slow  # an engine per model (142 s to start here); CI's main job evaluates W8A8 and base with vLLM
+@pytest.mark.parametrize("name", ["base", "W4A16", "W8A8"])
 def test_vllm_cpu_evaluates_all_runs_in_one_engine(name: str, base, checkpoints, store, vllm_python,
                                                    vllm_support) -> None:
     if "error" in vllm_support.get(name, {}):
@@ -86,6 +87,7 @@ def test_items_do_not_depend_on_which_others_are_evaluated(checkpoints, store, v
     assert {i: apart.items[i] for i in range(20, 30)} == {i: together.items[i] for i in range(20, 30)}
 
 
+@pytest.mark.slow
 def test_vllm_metrics_are_reproducible(checkpoints, store, vllm_python, vllm_scheme) -> None:
     ck = checkpoints[vllm_scheme]
     run = EvalRun("quant_facts")
