@@ -232,10 +232,24 @@ def add_options(parser: Any) -> None:
         parser.addini(o.ini, o.help, type="linelist" if o.repeat else "string", default=None)
 
 
+INI_UNSET = (None, [], "")  # an ini value nobody set
+
+
+def _given(values: dict[str, Any], empty: tuple[Any, ...] = (None, [])) -> dict[str, Any]:
+    """The values a user set (an unset pytest option is None or [], an unset ini value also "")."""
+    return {k: v for k, v in values.items() if v not in empty}
+
+
+def _from_pytest(config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every option's command-line and ini value, by option name."""
+    return ({o.name: config.getoption("quant_" + o.name) for o in OPTIONS},
+            {o.name: config.getini(o.ini) for o in OPTIONS})
+
+
 def asked(config: Any) -> bool:
     """Whether pytest's command line or ini file names a quant option (the environment alone does not)."""
-    return any(config.getoption("quant_" + o.name) not in (None, [])
-               or config.getini(o.ini) not in (None, [], "") for o in OPTIONS)
+    cli, ini = _from_pytest(config)
+    return bool(_given(cli) or _given(ini, INI_UNSET))
 
 
 class Settings:
@@ -243,17 +257,15 @@ class Settings:
 
     def __init__(self, cli: dict[str, Any] | None = None, ini: dict[str, Any] | None = None,
                  env: dict[str, str] | None = None) -> None:
-        self._cli = {k: v for k, v in (cli or {}).items() if v not in (None, [])}
-        self._ini = {k: v for k, v in (ini or {}).items() if v not in (None, [], "")}
+        self._cli = _given(cli or {})
+        self._ini = _given(ini or {}, INI_UNSET)
         env = dict(os.environ if env is None else env)
         self._env = {o.name: env[o.env] for o in OPTIONS if env.get(o.env, "") != ""}
         self.profile = self.get("profile")
 
     @classmethod
     def from_pytest(cls, config: Any) -> "Settings":
-        cli = {o.name: config.getoption("quant_" + o.name) for o in OPTIONS}
-        ini = {o.name: config.getini(o.ini) for o in OPTIONS}
-        return cls(cli, ini)
+        return cls(*_from_pytest(config))
 
     def source(self, name: str) -> tuple[Any, str] | None:
         """(raw value, where it came from) for a value set by the user, or None."""

@@ -191,14 +191,13 @@ def _case(item: pytest.Item) -> Case | None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    if REFUSED in config.stash:
-        _refuse(config, str(config.stash[REFUSED]), row=False)  # the report already holds the refusal
-    if SESSION not in config.stash and not any(item.get_closest_marker(name) for item in items for name in MARKERS):
+    if SESSION not in config.stash and REFUSED not in config.stash and \
+            not any(item.get_closest_marker(name) for item in items for name in MARKERS):
         return  # not asked: inert
     try:
-        qs = _activate(config)
+        qs = _activate(config)  # a refusal remembered from collection is raised again here
     except QuantError as e:
-        _refuse(config, str(e), row=False)
+        _refuse(config, str(e), row=False)  # the report already holds the refusal
     xdist = config.pluginmanager.hasplugin("xdist")
     for item in items:
         case = _case(item)

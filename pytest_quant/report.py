@@ -25,7 +25,7 @@ class Report(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["pytest-quant-report/1"]
+    format: Literal[REPORT_FORMAT]  # type: ignore[valid-type]
     created: str
     exitstatus: int
     passed: bool  # true only when pytest exited 0, no test failed or errored, and every gate passed its test
