@@ -440,7 +440,7 @@ def test_report_is_versioned_and_its_published_schema_is_current(tmp_path) -> No
     with pytest.raises(ValueError, match="gates.0.colour: Unexpected keyword argument"):
         Report.read(tmp_path / "bad.json")
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_main_job.py"), str(path)],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "[check] 6 gates, 0 unexpected" in check.stdout
 
