@@ -7,11 +7,14 @@
 #         bash scripts/gpu/device.sh compare      the accuracy gates with transformers on the same GPU, the engine
 #                                                 pool tests (tests/test_gpu_vllm.py), vLLM's kernel choice per
 #                                                 capability (7.5, 8.0, 9.0)
-#         bash scripts/gpu/device.sh multi        two GPUs: distributed build, tensor parallel, one GPU per worker
+#         bash scripts/gpu/device.sh multi [K [S]]  two GPUs: distributed build, tensor parallel (a random Llama-3.2-1B),
+#                                                 one GPU per worker (tests/test_multi_gpu_run.py, -k K, at most S s)
+#         bash scripts/gpu/device.sh scale ARCH N STEPS S   scripts/gpu/scaling.py: a random model of ARCH, N
+#                                                 calibration samples, STEPS (bare,plugin,plugin2,vllm), at most S s
 # Sites: /tmp/site (llm-compressor 0.19 side, pytest runs here) and /tmp/site-vllm (vLLM 0.26 and its
 # compressed-tensors 0.17, first on the path of /tmp/vllm-python, the interpreter the plugin starts vLLM with).
 set -uo pipefail
-phase=${1:?stage, suite or multi}
+phase=${1:?stage, suite, compare, multi or scale}
 OUT=${OUT:-/tmp/out}
 mkdir -p /tmp/gpu-parts "$OUT"
 [ -d .gpu ] && cp .gpu/part.* .gpu/stage.sha256 .gpu/parts.txt /tmp/gpu-parts/ 2>/dev/null
@@ -45,7 +48,7 @@ python3 -c "import torch, transformers, llmcompressor; print('torch', torch.__ve
 # Peak GPU memory, sampled every 0.5 s for the whole phase (per GPU, MiB).
 nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > /tmp/gpu-mem.csv &
 sampler=$!
-trap 'kill $sampler 2>/dev/null; python3 scripts/gpu/peak_memory.py /tmp/gpu-mem.csv | tee "$OUT/peak-memory.txt"' EXIT
+trap 'kill $sampler 2>/dev/null; python3 scripts/gpu/peak_memory.py /tmp/gpu-mem.csv | tee "$OUT/peak-memory-$phase.txt"' EXIT
 PYTEST=(python3 -m pytest -p pytest_quant.plugin -p no:cacheprovider -q -o log_cli=true --log-cli-level=INFO
         --log-cli-format "%(asctime)s %(message)s" --log-cli-date-format "%H:%M:%S")
 case "$phase" in
@@ -72,7 +75,11 @@ case "$phase" in
     ;;
   multi)
     export QUANT_MULTI_OUT=$OUT
-    timeout 560 "${PYTEST[@]}" tests/test_multi_gpu_run.py -rs 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" \
-      | tee "$OUT/multi.log" | tail -40
+    timeout "${3:-560}" "${PYTEST[@]}" tests/test_multi_gpu_run.py -k "${2:-}" -rs 2>&1 \
+      | grep -v -E "is ignored|it/s\]|s/it\]" | tee -a "$OUT/multi.log" | tail -40
+    ;;
+  scale)
+    timeout "${5:-560}" python3 scripts/gpu/scaling.py --arch "$2" --samples "$3" --steps "$4" --out "$OUT" 2>&1 \
+      | grep -v -E "is ignored|it/s\]|s/it\]|^\s*$" | tee -a "$OUT/scaling-$2.log" | grep -E "^\[scaling\]|Error|error" | tail -40
     ;;
 esac
