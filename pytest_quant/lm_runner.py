@@ -16,7 +16,9 @@ import importlib.metadata
 import json
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Any, Callable
@@ -248,10 +250,20 @@ def _answer(request_path: str, response_path: str, keep: bool) -> None:
     os.replace(tmp, response_path)
 
 
+def _end_with_parent(parent: int, every: float = 1.0) -> None:
+    """Kill this process group once ``parent`` is gone: an engine whose pytest process was killed (a CI timeout,
+    say) must not keep holding the GPU. The group is the runner and vLLM's own processes (Engine starts it in a
+    session of its own)."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os.killpg(0, signal.SIGKILL)
+
+
 def main(argv: list[str]) -> int:
     """``lm_runner.py REQUEST RESPONSE`` answers one request; ``lm_runner.py --serve`` answers a
     ``REQUEST<TAB>RESPONSE`` line from stdin at a time, keeping the model loaded, until stdin closes."""
     if argv[1:] == ["--serve"]:
+        threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
         for line in sys.stdin:
             request_path, response_path = line.rstrip("\n").split("\t")
             _answer(request_path, response_path, keep=True)

@@ -201,3 +201,45 @@ def test_vllm_cpu_binding_splits_cores_between_xdist_workers(monkeypatch) -> Non
     assert cpu_share() == "2,3"
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
     assert cpu_share() == "0,1"
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+BUSY_RUNNER = """
+import os, subprocess, sys, threading, time
+from pytest_quant.lm_runner import _end_with_parent
+threading.Thread(target=_end_with_parent, args=(os.getppid(), 0.2), daemon=True).start()
+worker = subprocess.Popen(["sleep", "120"])  # vLLM's engine-core process, in the runner's process group
+print(os.getpid(), worker.pid, flush=True)
+time.sleep(120)  # busy in a request: stdin's end is not read
+"""
+STARTER = """
+import subprocess, sys, time
+runner = subprocess.Popen([sys.executable, "-c", sys.argv[1]], start_new_session=True)  # as Engine starts it
+time.sleep(120)
+"""
+
+
+def test_an_engine_ends_when_the_process_that_started_it_is_killed() -> None:
+    """Found on two H200s: a CI-style ``timeout`` killed pytest, and its vLLM engine (a session of its own, busy)
+    held 58 GiB of a GPU for the rest of the lease. The runner now ends its process group once its parent is gone."""
+    import os
+    import signal
+    import subprocess
+
+    parent = subprocess.Popen([sys.executable, "-c", STARTER, BUSY_RUNNER], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pids = [int(x) for x in parent.stdout.readline().split()]
+    assert not any(_gone(p) for p in pids)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(_gone(p) for p in pids), "the engine and its worker outlived the process that started them"
