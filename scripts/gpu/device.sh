@@ -37,7 +37,7 @@ install() {
 if [ "$phase" = stage ]; then
   [ -d /tmp/site-vllm ] && { echo "[stage] already installed"; exit 0; }
   install || exit 0
-  /tmp/vllm-python -c "import vllm, lm_eval, compressed_tensors as ct; print('vllm', vllm.__version__, 'compressed-tensors', ct.__version__)"
+  /tmp/vllm-python -c "import vllm, lm_eval, xgrammar, compressed_tensors as ct; print('vllm', vllm.__version__, 'compressed-tensors', ct.__version__)"  # xgrammar: the engine core imports it
   exit 0
 fi
 
