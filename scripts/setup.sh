@@ -2,7 +2,7 @@
 # Create the two environments pytest-quant needs (see docs/ENVIRONMENTS.md):
 #   .venvs/quant  llm-compressor + transformers + lm-eval + pytest (+ this package, editable)
 #   .venvs/vllm   vLLM's CPU build + lm-eval (its own torch/compressed-tensors pins)
-# Installs with uv (into .venvs/uv; 31 s for both environments here, pip took 7.4 min: README); QUANT_INSTALLER=pip
+# Installs with uv (into .venvs/uv, compiling bytecode as pip does; README gives the times); QUANT_INSTALLER=pip
 # uses pip instead. pip's index configuration (extra indexes, find-links, constraints) is handed to uv.
 # Idempotent: an environment that already imports its key packages is left alone.
 set -euo pipefail
@@ -23,6 +23,10 @@ if [ "$INSTALLER" = uv ]; then
   export UV_EXTRA_INDEX_URL=${UV_EXTRA_INDEX_URL:-${PIP_EXTRA_INDEX_URL:-$(pipconf extra-index-url)}}
   export UV_CONSTRAINT=${UV_CONSTRAINT:-${PIP_CONSTRAINT:-$(pipconf constraint)}}
   export UV_INDEX_STRATEGY=${UV_INDEX_STRATEGY:-unsafe-best-match}  # pip's rule: the best version of all indexes
+  # pip compiles bytecode at install, uv does not: where PYTHONDONTWRITEBYTECODE is set (as on these machines)
+  # every process would compile torch, vLLM and transformers from source again (a vLLM CPU engine start:
+  # 108-144 s without, 59-60 s with; README)
+  export UV_COMPILE_BYTECODE=${UV_COMPILE_BYTECODE:-1}
   for var in UV_FIND_LINKS UV_EXTRA_INDEX_URL UV_CONSTRAINT; do [ -n "${!var}" ] || unset "$var"; done
 fi
 # venv DIR: a new environment (with pip: tests install a second copy of pytest-quant with it); install DIR ARGS...: install into it, quietly, with the chosen installer.
