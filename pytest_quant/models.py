@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import QuantEnvironmentError, QuantUsageError
-from .store import Store, file_digest, tree_files
+from .store import Store, remembered_digest, tree_files
 
 
 @dataclass(frozen=True)
@@ -130,11 +130,11 @@ def identity(source: ModelSource) -> dict[str, Any]:
     if source.kind == "bundled":
         b = BUNDLED[source.ref]
         return {"bundled": source.ref, "distribution": b.distribution,
-                "version": importlib.metadata.version(b.distribution), "gguf_sha256": file_digest(_bundled_gguf(b))}
+                "version": importlib.metadata.version(b.distribution), "gguf_sha256": remembered_digest(_bundled_gguf(b))}
     if source.kind == "gguf":
-        return {"gguf_sha256": file_digest(Path(source.ref))}
+        return {"gguf_sha256": remembered_digest(Path(source.ref))}
     if source.kind == "dir":
-        return {"files": tree_files(Path(source.ref))}
+        return {"files": tree_files(Path(source.ref), remembered=True)}
     snapshot = _hub_snapshot(source)
     return {"hub": source.ref, "commit": snapshot.name}
 

@@ -29,6 +29,8 @@ from .errors import QuantEnvironmentError
 MANIFEST = "manifest.json"
 log = logging.getLogger("pytest_quant")
 _CONTENT: dict[tuple[str, tuple], str] = {}
+REMEMBER_FROM = 64 << 20  # files this large have their digests remembered across processes (remembered_digest)
+_REMEMBERED: list[Path] = []  # the folder they are remembered in: <store>/digests of the last Store opened
 
 
 def canonical_json(obj: Any) -> str:
@@ -48,14 +50,39 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def remembered_digest(path: Path) -> str:
+    """:func:`file_digest`, remembered in the store for files of 64 MiB and more, by path, device, inode, size,
+    modification and change time: any write changes the change time and no copy keeps it, so a changed file is
+    hashed again. A model of 16 GB is then read once, not by every pytest run (docs/GPU.md: 20 s at 8B)."""
+    st = path.stat()
+    if not _REMEMBERED or st.st_size < REMEMBER_FROM:
+        return file_digest(path)
+    record = _REMEMBERED[-1] / digest([str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                       st.st_ctime_ns])[:40]
+    try:
+        value = record.read_text().strip()
+    except OSError:
+        value = ""
+    if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value
+    value = file_digest(path)
+    try:
+        atomic_write_text(record, value)
+    except OSError:
+        pass  # a read-only store still answers, it only hashes again next time
+    return value
+
+
 def entry_files(root: Path) -> list[Path]:
     """Every file below ``root`` except the manifest, sorted."""
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def tree_files(root: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 for every file below ``root`` except the manifest."""
-    return {p.relative_to(root).as_posix(): file_digest(p) for p in entry_files(root)}
+def tree_files(root: Path, remembered: bool = False) -> dict[str, str]:
+    """Relative path -> SHA-256 for every file below ``root`` except the manifest (``remembered``: through
+    :func:`remembered_digest`; a store entry's own check always reads its files)."""
+    hash_file = remembered_digest if remembered else file_digest
+    return {p.relative_to(root).as_posix(): hash_file(p) for p in entry_files(root)}
 
 
 def content_digest(root: Path) -> str:
@@ -68,7 +95,7 @@ def content_digest(root: Path) -> str:
                   for p, st in ((p, p.stat()) for p in entry_files(root)))
     key = (str(root), stamp)
     if key not in _CONTENT:
-        _CONTENT[key] = digest(tree_files(root))
+        _CONTENT[key] = digest(tree_files(root, remembered=True))
     return _CONTENT[key]
 
 
@@ -108,6 +135,7 @@ class Store:
         self.root = Path(root)
         self.log = log or log_info
         self._verified: set[Path] = set()
+        _REMEMBERED[:] = [self.root / "digests"]
 
     def key(self, material: Any) -> str:
         return digest(material)[:32]

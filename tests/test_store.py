@@ -193,3 +193,31 @@ def test_content_digest_sees_a_replaced_file_of_the_same_size_and_time(tmp_path:
     (d / "w.bin").write_bytes(b"bbbb")
     os.utime(d / "w.bin", ns=(stamp, stamp))
     assert content_digest(d) != first
+
+
+def test_large_files_are_hashed_once_across_processes_and_again_when_written(tmp_path: Path, monkeypatch) -> None:
+    """A big model's digest is remembered in the store: a new process reads it back instead of the file; any
+    write (even one that keeps the size and the modification time) makes it hash the file again."""
+    import pytest_quant.store as store_module
+
+    monkeypatch.setattr(store_module, "REMEMBER_FROM", 1 << 20)
+    big = tmp_path / "model" / "w.bin"
+    big.parent.mkdir()
+    big.write_bytes(b"a" * (2 << 20))
+    Store(tmp_path / "store")
+    first = store_module.remembered_digest(big)
+    assert first == store_module.file_digest(big)
+    (record,) = (tmp_path / "store" / "digests").iterdir()
+    record.write_text("0" * 64)  # what a remembered answer is read from: the file itself is not read again
+    assert store_module.remembered_digest(big) == "0" * 64
+    stamp = big.stat().st_mtime_ns
+    with open(big, "r+b") as f:  # same size, same modification time: only the change time moves
+        f.write(b"b")
+    os.utime(big, ns=(stamp, stamp))
+    assert store_module.remembered_digest(big) == store_module.file_digest(big) != first
+    for r in (tmp_path / "store" / "digests").iterdir():
+        r.write_text("not a digest")  # a damaged record is not believed
+    assert store_module.remembered_digest(big) == store_module.file_digest(big)
+    (tmp_path / "small").write_bytes(b"x")
+    assert store_module.remembered_digest(tmp_path / "small") == store_module.file_digest(tmp_path / "small")
+    assert len(list((tmp_path / "store" / "digests").iterdir())) == 2  # the small file is never remembered
