@@ -39,33 +39,17 @@ def record(name: str, value: Any) -> None:
     RESULTS.write_text(json.dumps(data, indent=2))
 
 
-def peak_mib() -> list[int]:
-    """Memory used now on each GPU (nvidia-smi, MiB): sampled in a thread during the build below."""
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
-    return [int(x) for x in out.split()]
+def _scaling() -> Any:
+    """scripts/gpu/scaling.py as a module: its random models of real architectures and its timing with GPU peaks."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scaling", Path(__file__).parents[1] / "scripts/gpu/scaling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def sampled(fn: Any) -> tuple[Any, float, list[int]]:
-    """(fn(), wall seconds, per-GPU peak MiB while it ran)."""
-    import threading
-
-    peaks, done = [0, 0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peaks[:] = [max(a, b) for a, b in zip(peaks, peak_mib())]
-            time.sleep(0.5)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    start = time.perf_counter()
-    try:
-        out = fn()
-    finally:
-        done.set()
-        t.join()
-    return out, round(time.perf_counter() - start, 1), peaks
+scaling = _scaling()
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +64,7 @@ def test_two_gpu_build_finishes_and_matches_one_gpu(scheme: str, store: Store) -
     row: dict[str, Any] = {}
     cks = {}
     for gpus in (1, 2):
-        ck, seconds, peaks = sampled(lambda: build_checkpoint(MODEL, recipe, GUIDE, store, device="cuda", gpus=gpus,
+        ck, seconds, peaks = scaling.measured(lambda: build_checkpoint(MODEL, recipe, GUIDE, store, device="cuda", gpus=gpus,
                                                               timeout=600))
         assert not checkpoint_problems(ck.path, ck.recipe), checkpoint_problems(ck.path, ck.recipe)
         f = fidelity(base, ck.path, store, device="cuda")
@@ -102,11 +86,6 @@ def test_two_gpu_build_finishes_and_matches_one_gpu(scheme: str, store: Store) -
 
 def random_model(arch: str, store: Store) -> Path:
     """A random-initialized model of a real architecture (scripts/gpu/scaling.py), kept in $QUANT_SCALING_MODELS."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("scaling", Path(__file__).parents[1] / "scripts/gpu/scaling.py")
-    scaling = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scaling)
     models = Path(os.environ.get("QUANT_SCALING_MODELS", "/tmp/scaling-models"))
     return scaling.make_model(arch, models, materialize(resolve_model(MODEL), store)[0])
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -146,6 +147,7 @@ def main() -> None:
     calib = CalibrationSpec("bundled", a.samples, a.max_seq_length, "auto")
     for step in a.steps.split(","):
         if step == "bare":
+            sys.path.insert(0, str(ROOT / "benchmarks"))
             from batching import bare  # benchmarks/batching.py: the guide's steps, one sample at a time
 
             shaped = check_shapes(_shape_model(model, False), recipe)
