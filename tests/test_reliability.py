@@ -243,3 +243,36 @@ def test_an_engine_ends_when_the_process_that_started_it_is_killed() -> None:
     while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert all(_gone(p) for p in pids), "the engine and its worker outlived the process that started them"
+
+
+def test_a_third_backend_is_one_registered_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation backends share one interface: a backend registered under a new name is evaluated, keyed and
+    cached by the same Evaluator as vLLM and transformers (an OpenAI-compatible server would answer here)."""
+    from pytest_quant import evaluate as ev
+
+    asked: list[dict] = []
+
+    class Echo(ev.Backend):
+        name = "echo"
+
+        def model_args(self, path, device, gpus, engine):
+            return {"pretrained": str(path), "base_url": "http://localhost:8000/v1"}
+
+        def versions(self, evaluator):
+            return {"lm_eval": "0.4.13", "server": "1.0"}
+
+        def answer(self, evaluator, request, env):
+            asked.append(request)
+            runs = {r["id"]: {"items": {str(i): {"acc": float(i % 2)} for i in r["samples"]}, "answers": {},
+                              "bos_prefix_counts": {"bos": len(r["samples"])}, "seconds": 0.1} for r in request["runs"]}
+            return {"runs": runs, "versions": {"lm_eval": "0.4.13"}, "kernels": []}
+
+    monkeypatch.setitem(ev.BACKENDS, "echo", Echo())
+    store = Store(tmp_path / "s")
+    (first,) = evaluate(model_dir(tmp_path), {EvalRun("quant_facts"): list(range(6))}, store, backend="echo").values()
+    assert first.backend == "echo" and [first.items[i]["acc"] for i in range(6)] == [0.0, 1.0] * 3
+    assert asked[0]["model_args"]["base_url"] == "http://localhost:8000/v1"
+    (again,) = evaluate(model_dir(tmp_path), {EvalRun("quant_facts"): list(range(6))}, store, backend="echo").values()
+    assert again.cached and len(asked) == 1
+    with pytest.raises(QuantUsageError, match="unknown evaluation backend 'sglang': use one of vllm, hf, echo"):
+        evaluate(model_dir(tmp_path), {EvalRun("quant_facts"): [0]}, store, backend="sglang")
