@@ -189,6 +189,25 @@ def _case(item: pytest.Item) -> Case | None:
     return callspec.params.get("quant_case") if callspec else None
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Under pytest-xdist, one group per checkpoint (--dist loadgroup: built once, one engine per checkpoint).
+    Marked as items are collected: xdist reads the groups in its own collection_modifyitems, before ours."""
+    case = _case(item)
+    if case is not None and item.config.pluginmanager.hasplugin("xdist"):
+        item.add_marker(pytest.mark.xdist_group(case.id))
+
+
+def _group_in_node_id(item: pytest.Item, group: str) -> None:
+    """xdist's loadgroup sends the group to the scheduler as a node-id suffix (``id@group``), set by assigning
+    ``item._nodeid``; pytest 9.2 keeps node ids in ``item._id`` and ignores it, so tests are scheduled one by one
+    (pytest-xdist#1386; seen on two H100s: both checkpoints on one worker). Set the suffix where it is missing."""
+    if not getattr(item.config.option, "loadgroup", False) or item.nodeid.endswith(f"@{group}"):
+        return
+    node_id = getattr(item, "_id", None)
+    if node_id is not None and hasattr(node_id, "parse"):
+        item._id = type(node_id).parse(f"{item.nodeid}@{group}")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     if SESSION not in config.stash and REFUSED not in config.stash and \
@@ -198,7 +217,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         qs = _activate(config)  # a refusal remembered from collection is raised again here
     except QuantError as e:
         _refuse(config, str(e), row=False)  # the report already holds the refusal
-    xdist = config.pluginmanager.hasplugin("xdist")
     for item in items:
         case = _case(item)
         try:
@@ -216,11 +234,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                 qs.store  # noqa: B018  (fail collection, not every test, when there is nowhere to keep builds)
             except QuantError as e:
                 _refuse(config, str(e))
+        if case is not None:
+            _group_in_node_id(item, case.id)
         info = {"model": case.model if case else getattr(item, "quant_model", "-"),
                 "scheme": case.scheme if case else getattr(item, "quant_scheme", "-")}
         mark_quant_item(item, info)
-        if case is not None and xdist:
-            item.add_marker(pytest.mark.xdist_group(case.id))
         if case is not None:
             gpus = max(qs.settings.get("build_gpus"), qs.settings.get("eval_gpus"))
             backend = qs.eval_backend(case.scheme)

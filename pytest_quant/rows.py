@@ -51,6 +51,11 @@ class GateRow:
         return asdict(self)
 
 
+def rerun_id(nodeid: str) -> str:
+    """The id a user can rerun: without the ``@group`` that pytest-xdist's loadgroup appends."""
+    return nodeid[:nodeid.rfind("@")] if nodeid.rfind("@") > nodeid.rfind("]") else nodeid
+
+
 def error_row(nodeid: str, info: dict[str, Any], reason: str) -> GateRow:
     return GateRow(info.get("model", "?"), info.get("scheme", "?"), info.get("task", "-"), "-", ERROR, False, reason,
                    nodeid=nodeid, outcome="error")
@@ -59,7 +64,7 @@ def error_row(nodeid: str, info: dict[str, Any], reason: str) -> GateRow:
 def record(item: pytest.Item, rows: list[GateRow]) -> None:
     """Attach gate rows to the test report (so they travel from xdist workers and land in JUnit XML)."""
     for r in rows:
-        r.nodeid = item.nodeid
+        r.nodeid = rerun_id(item.nodeid)
         item.user_properties.append((ROW_PROPERTY, r.as_dict()))
         item.user_properties.append((f"quant_{r.task}_{r.metric}", r.quantized))
 
@@ -93,9 +98,9 @@ class RowCollector:
                 r["outcome"] = outcome
             self.rows.extend(rows)
         if report.failed:
-            self.failed_tests.append(report.nodeid)
+            self.failed_tests.append(rerun_id(report.nodeid))
             if ITEM_PROPERTY in props and not rows:
-                self.rows.append(error_row(report.nodeid, props[ITEM_PROPERTY],
+                self.rows.append(error_row(rerun_id(report.nodeid), props[ITEM_PROPERTY],
                                            f"{report.when}: {_reason(report)}").as_dict())
 
 

@@ -94,6 +94,16 @@ def test_xdist_group_per_checkpoint_only_under_xdist(fake: pytest.Pytester) -> N
     r.assert_outcomes(passed=2)
 
 
+def test_loadgroup_schedules_each_checkpoint_as_one_group(fake: pytest.Pytester) -> None:
+    """xdist reads the groups while collecting (it suffixes the node id with @group): ours must be there by then,
+    or two workers build the same checkpoint and one worker gets every scheme (seen on two H100s)."""
+    fake.makepyfile(test_grp="""
+        def test_ck(request, quantized_checkpoint, quant_scheme):
+            assert request.node.nodeid.endswith("@smollm2-135m-instruct-" + quant_scheme), request.node.nodeid
+    """)
+    run_subprocess(fake, "-n", "2", "--dist", "loadgroup").assert_outcomes(passed=2)
+
+
 def test_gates_pass_and_fail_with_readable_messages(fake: pytest.Pytester) -> None:
     fake.makepyfile(test_gates=GATED)
     r = run(fake, "--quant-report", "report.json", "--junitxml", "junit.xml")
