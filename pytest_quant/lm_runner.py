@@ -184,6 +184,24 @@ _LOADED: dict[str, Any] = {}  # models kept between requests, least recently use
 KEEP = 2  # a gate pairs a base and a quantized model: keeping both saves a load per look
 
 
+_MANAGERS: dict[tuple[str | None, bool], Any] = {}  # lm-eval task indexes, kept for the next request
+
+
+def _task_manager(include_path: str | None, tasks: set[str]) -> Any:
+    """lm-eval's task index. Indexing lm-eval's own thousands of task files takes 13-17 s here, and a gate asks
+    once per look: only the include path is indexed when it holds every task asked for (the bundled ones), and
+    each index is built once per process."""
+    from lm_eval.tasks import TaskManager
+
+    def index(defaults: bool) -> Any:
+        if (include_path, defaults) not in _MANAGERS:
+            _MANAGERS[include_path, defaults] = TaskManager(include_path=include_path, include_defaults=defaults)
+        return _MANAGERS[include_path, defaults]
+
+    own = index(False)
+    return own if tasks <= set(own.all_tasks) else index(True)
+
+
 def release() -> None:
     """Drop the models kept between requests."""
     _LOADED.clear()
@@ -198,7 +216,6 @@ def run(request: dict[str, Any], keep: bool = False, progress: Callable[[str], N
 
 def _run(request: dict[str, Any], keep: bool) -> dict[str, Any]:
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     start = time.perf_counter()
     key = json.dumps([request["backend"], request["model_args"]], sort_keys=True)
@@ -210,7 +227,7 @@ def _run(request: dict[str, Any], keep: bool) -> dict[str, Any]:
     if keep:
         _LOADED[key] = lm  # most recently used last
     loaded = time.perf_counter()
-    manager = TaskManager(include_path=request.get("include_path"))
+    manager = _task_manager(request.get("include_path"), {r["task"] for r in request["runs"]})
     out: dict[str, Any] = {}
     for r in request["runs"]:
         counts: Counter = Counter()

@@ -486,3 +486,25 @@ def test_flipped_items_say_what_each_model_answered() -> None:
     lines = flip_lines(row)
     assert lines[1] == ("    item 0: 'Which city is the capital city of Turkey?' (target 'Ankara', base 'Ankara', "
                         "quantized 'Bratislava')")
+
+
+def test_runner_indexes_lm_evals_own_tasks_only_when_asked_and_once(monkeypatch, tmp_path) -> None:
+    """Indexing lm-eval's task files takes 13-17 s: the bundled tasks need only the include path, and a later look
+    reuses the index."""
+    import lm_eval.tasks
+
+    from pytest_quant import lm_runner
+
+    built = []
+
+    class Index:
+        def __init__(self, include_path, include_defaults):
+            built.append(include_defaults)
+            self.all_tasks = ["quant_facts"] + (["hellaswag"] if include_defaults else [])
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Index)
+    monkeypatch.setattr(lm_runner, "_MANAGERS", {})
+    own = lm_runner._task_manager(str(tmp_path), {"quant_facts"})
+    assert lm_runner._task_manager(str(tmp_path), {"quant_facts"}) is own and built == [False]
+    assert "hellaswag" in lm_runner._task_manager(str(tmp_path), {"quant_facts", "hellaswag"}).all_tasks
+    assert built == [False, True]
