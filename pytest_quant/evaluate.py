@@ -33,7 +33,7 @@ from .gates import Value
 from .machine import cpu_dtype, elsewhere_note, emulation, signature
 from .progress import EVERY
 from .store import Store, atomic_write_text, content_digest, digest, file_digest
-from .tasks import fixed_fewshot, task_digest, task_metrics, write_task_dir
+from .tasks import fewshot, task_digest, task_metrics, write_task_dir
 
 RUNNER = Path(lm_runner.__file__).resolve()
 KERNEL = re.compile(r"\b(\w+(?:LinearKernel|ScaledMMLinearKernel))\b")
@@ -58,9 +58,7 @@ class EvalRun:
     def __post_init__(self) -> None:
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise QuantUsageError(f"num_fewshot must be 0 or more, got {self.num_fewshot}")
-        fixed = fixed_fewshot(self.task)
-        if fixed is not None:
-            object.__setattr__(self, "num_fewshot", fixed)
+        object.__setattr__(self, "num_fewshot", fewshot(self.task, self.num_fewshot))
 
     @property
     def id(self) -> str:

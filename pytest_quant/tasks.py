@@ -195,10 +195,16 @@ def item_order(task: str, seed: int | None) -> list[int]:
     return ids
 
 
-def fixed_fewshot(task: str) -> int | None:
-    """A task whose few-shot count cannot change (perplexity: 0), else None."""
-    cfg = BUNDLED_TASKS.get(task, {})
-    return 0 if cfg.get("output_type") == "loglikelihood_rolling" else None
+def fewshot(task: str, given: int | None) -> int | None:
+    """The few-shot count a run of ``task`` uses: 0 for a perplexity task, else ``given``; unset, a bundled task's
+    own count (what lm-eval would use, so that an unset count and the same count given share results). None for
+    another lm-eval task: its count is whatever lm-eval's task file says."""
+    cfg = BUNDLED_TASKS.get(task)
+    if cfg is not None and cfg.get("output_type") == "loglikelihood_rolling":
+        return 0
+    if given is None and cfg is not None:
+        return int(cfg.get("num_fewshot", 0))
+    return given
 
 
 def lm_eval_version() -> str:
