@@ -209,8 +209,10 @@ def _engine(c: VllmConfig | LlmCompressorConfig) -> tuple[tuple[str, Any], ...]:
             args["env_vars"] = tuple(sorted(c.env_vars.items()))
     else:
         lm = c.lmeval
-        args = {"max_model_len": lm.max_model_len, "dtype": (lm.model_args or {}).get("dtype", lm.dtype),
-                "trust_remote_code": lm.trust_remote_code}
+        args = {"max_model_len": lm.max_model_len, "trust_remote_code": lm.trust_remote_code}
+        dtype = (lm.model_args or {}).get("dtype", lm.dtype if "dtype" in lm.model_fields_set else None)
+        if dtype is not None:  # unset: the backend's dtype for the device, as for markers (machine.cpu_dtype)
+            args["dtype"] = dtype
         if lm.batch_size is not None:
             args["batch_size"] = lm.batch_size
     return tuple(sorted(args.items()))

@@ -234,6 +234,19 @@ def test_upstream_llmcompressor_config_is_accepted_with_its_defaults(tmp_path, m
     assert c.num_calibration_samples == 512 and c.max_seq_length == 2048
 
 
+def test_an_llmcompressor_config_silent_on_dtype_leaves_it_to_the_backend() -> None:
+    """Upstream's bfloat16 default is emulated on a CPU without bf16: unset, the backend's dtype for the device
+    applies (as for markers); a dtype the config names is passed on."""
+    from pytest_quant.yaml_items import _engine
+
+    base = {"model": "m", "scheme": "W8A8", "lmeval": {"task": "quant_facts"}}
+    assert "dtype" not in dict(_engine(parse_config(base)))
+    named = {**base, "lmeval": {"task": "quant_facts", "dtype": "bfloat16"}}
+    assert dict(_engine(parse_config(named)))["dtype"] == "bfloat16"
+    earlier = {**base, "lmeval": {"task": "quant_facts", "model_args": {"dtype": "float16"}}}
+    assert dict(_engine(parse_config(earlier)))["dtype"] == "float16"
+
+
 def test_an_upstream_config_whose_data_needs_the_hub_is_refused_offline_naming_the_dataset(tmp_path, monkeypatch) -> None:
     """Issue 18: llm-compressor's w4a16_gptq.yaml offline ended in INTERNALERROR after 33 s of retries."""
     import yaml
