@@ -17,7 +17,6 @@ from .store import digest
 
 DATA_DIR = Path(__file__).parent / "data"
 BUNDLED_CALIBRATION = DATA_DIR / "calibration" / "chats.jsonl"
-GUIDE_DATASET = "HuggingFaceH4/ultrachat_200k:train_sft"
 SHUFFLE_SEED = 42
 
 

@@ -181,10 +181,6 @@ class Verdict:
     verdict: str  # PASS, FAIL or UNDECIDED
     decisions: dict[str, Decision] = field(default_factory=dict)
 
-    @property
-    def passed(self) -> bool:
-        return self.verdict == PASS
-
     def describe(self) -> str:
         return "; ".join(f"{name}: {d.verdict} (margin {d.mean:+.4f}, {100 * (1 - d.alpha):.2f}% bounds "
                          f"[{d.lower:+.4f}, {d.upper:+.4f}])" for name, d in self.decisions.items())
