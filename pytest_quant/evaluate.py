@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 from . import lm_runner
 from .errors import QuantEnvironmentError, QuantError, QuantUsageError
 from .gates import Value
+from .hardware import xdist_worker
 from .machine import cpu_dtype, elsewhere_note, emulation, signature
 from .progress import EVERY
 from .store import Store, atomic_write_text, content_digest, digest, file_digest
@@ -249,9 +250,8 @@ def cpu_share() -> str:
     """This process's share of the cores, as a vLLM CPU bind list: all of them, or under pytest-xdist the
     worker's slice, so that two workers' engines do not both bind to core 0."""
     cores = sorted(os.sched_getaffinity(0))
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % max(workers, 1)
-    per = max(1, len(cores) // max(workers, 1))
+    index, workers = xdist_worker()
+    per = max(1, len(cores) // workers)
     share = cores[index * per:(index + 1) * per] or cores[-per:]
     return ",".join(map(str, share))
 

@@ -135,6 +135,15 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(len(list(gpus.iterdir())))] if gpus.is_dir() else []
 
 
+def xdist_worker() -> tuple[int, int]:
+    """(this pytest-xdist worker's index, how many workers): (0, 1) outside xdist. From the variables xdist sets in
+    each worker (its documented interface where no request or session object is at hand)."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % max(workers, 1), max(workers, 1)
+
+
 def worker_gpus(worker: int, workers: int, gpus: list[str]) -> list[str]:
     """The GPUs of pytest-xdist worker ``worker`` of ``workers``: an equal group of consecutive GPUs each
     (2 workers on 2 GPUs: one each; 2 workers on 4 GPUs: two each, for a 2-GPU build or tensor-parallel

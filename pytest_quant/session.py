@@ -20,7 +20,7 @@ from .errors import QuantUsageError
 from .evaluate import (SCHEME_PROBE, EvalRun, Evaluator, ItemResults, gpu_work, probe_schemes, probe_vllm,
                        resolve_backend)
 from .fidelity import fidelity
-from .hardware import Device, detect_device
+from .hardware import Device, detect_device, xdist_worker
 from .machine import cpu_dtype, signature
 from .models import as_is, materialize, resolve_model
 from .options import Settings
@@ -71,7 +71,7 @@ class Target:
 
 def limit_threads() -> None:
     """Give each pytest-xdist worker its share of the cores, so two workers do not oversubscribe two."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    workers = xdist_worker()[1]
     if workers > 1:
         import torch
 
