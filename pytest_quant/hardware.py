@@ -140,8 +140,8 @@ def xdist_worker() -> tuple[int, int]:
     each worker (its documented interface where no request or session object is at hand)."""
     import os
 
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % max(workers, 1), max(workers, 1)
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % workers, workers
 
 
 def worker_gpus(worker: int, workers: int, gpus: list[str]) -> list[str]:

@@ -234,12 +234,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                 qs.store  # noqa: B018  (fail collection, not every test, when there is nowhere to keep builds)
             except QuantError as e:
                 _refuse(config, str(e))
-        if case is not None:
-            _group_in_node_id(item, case.id)
         info = {"model": case.model if case else getattr(item, "quant_model", "-"),
                 "scheme": case.scheme if case else getattr(item, "quant_scheme", "-")}
         mark_quant_item(item, info)
         if case is not None:
+            _group_in_node_id(item, case.id)
             gpus = max(qs.settings.get("build_gpus"), qs.settings.get("eval_gpus"))
             backend = qs.eval_backend(case.scheme)
             reason = why_skip(qs.device, backend, qs.backend_reason, case.scheme, specs["quant_requires"], gpus,
