@@ -401,6 +401,20 @@ def test_skips_follow_vllm_s_own_answer_where_there_is_one() -> None:
     assert skip_reason("W8A8", cpu, "vllm", vllm_support=on_cpu) is None
 
 
+def test_vllm_runner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """16-bit W4A16 activations on every CPU unless asked; on a CPU the engine runs in the runner's process; a
+    config's env_vars win over both."""
+    from pytest_quant.evaluate import vllm_env
+
+    for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_INT4_W4A8", "VLLM_TARGET_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    cpu = vllm_env("cpu", {})
+    assert (cpu["VLLM_CPU_INT4_W4A8"], cpu["VLLM_ENABLE_V1_MULTIPROCESSING"], cpu["VLLM_TARGET_DEVICE"]) == ("0", "0", "cpu")
+    assert vllm_env("cpu", {}, cpu_w4a8=True)["VLLM_CPU_INT4_W4A8"] == "1"
+    assert vllm_env("cpu", {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in vllm_env("cuda", {})  # a GPU engine keeps vLLM's default
+
+
 def test_flipped_items_of_a_real_run_are_the_discordant_pairs_the_gate_decided_on() -> None:
     """The main job's report from a 2-core AVX2 EPYC (tests/recorded): W4A16's FAIL lists the items the base got
     right and W4A16 wrong, with their prompts; a PASS shows nothing in the terminal."""
