@@ -5,7 +5,7 @@
 For one scheme, in this one process and on this one device: the guide's own steps as a bare script
 (load, the guide's calibration preprocessing, ``oneshot`` one sample at a time, ``save_pretrained``), then
 pytest-quant's ``build_checkpoint`` at each batch size (padded, length-sorted batches with padding masked out
-of the statistics, pytest_quant/batching.py). For each checkpoint: wall time (load to saved), peak GPU
+of the statistics, pytest_quant/build/batching.py). For each checkpoint: wall time (load to saved), peak GPU
 memory (CUDA) or peak RSS growth (CPU), and quality against the base model: mean KL and top-1 agreement
 on the bundled held-out prompts, and quant_facts accuracy (transformers backend, the first 250 items in
 the default item order). Prints a table and writes the numbers as JSON.
@@ -24,16 +24,16 @@ from typing import Any
 
 import torch
 
-from pytest_quant.build import batch_size, build_checkpoint, load_tokenizer
-from pytest_quant.calibration import CalibrationSpec, prepare_calibration
-from pytest_quant.evaluate import EvalRun, evaluate
-from pytest_quant.fidelity import fidelity
-from pytest_quant.gates import aggregate
-from pytest_quant.models import materialize, resolve_model
-from pytest_quant.options import PROFILES
-from pytest_quant.recipes import RecipeSpec, check_shapes, to_modifiers
-from pytest_quant.store import Store
-from pytest_quant.tasks import item_order
+from pytest_quant.build.checkpoint import batch_size, build_checkpoint, load_tokenizer
+from pytest_quant.build.calibration import CalibrationSpec, prepare_calibration
+from pytest_quant.evaluate.evaluator import EvalRun, evaluate
+from pytest_quant.evaluate.fidelity import fidelity
+from pytest_quant.gate.scores import aggregate
+from pytest_quant.build.models import materialize, resolve_model
+from pytest_quant.session.settings import PROFILES
+from pytest_quant.build.recipes import RecipeSpec, check_shapes, to_modifiers
+from pytest_quant.infra.store import Store
+from pytest_quant.evaluate.tasks import item_order
 
 MODEL = "smollm2-135m-instruct"
 
@@ -92,7 +92,7 @@ def main() -> None:
     prof = PROFILES[a.profile]
     store = Store(a.store or tempfile.mkdtemp(prefix="batching-store-"))
     base = materialize(resolve_model(MODEL), store)[0]
-    from pytest_quant.build import _shape_model
+    from pytest_quant.build.checkpoint import _shape_model
 
     recipe = check_shapes(_shape_model(base, False), RecipeSpec(a.scheme, group_size="auto"))
     rows: list[dict[str, Any]] = []

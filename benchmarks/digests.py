@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-PROBE = ("import sys, time; from pathlib import Path; from pytest_quant.store import Store; "
-         "from pytest_quant.models import identity, resolve_model; Store(Path(sys.argv[2])); t = time.perf_counter(); "
+PROBE = ("import sys, time; from pathlib import Path; from pytest_quant.infra.store import Store; "
+         "from pytest_quant.build.models import identity, resolve_model; Store(Path(sys.argv[2])); t = time.perf_counter(); "
          "identity(resolve_model(sys.argv[1])); print(time.perf_counter() - t)")
 
 

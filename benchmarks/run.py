@@ -10,7 +10,7 @@
 4. the gate suite for two schemes with `pytest -n 2` vs serially, each from an empty store.
 5. gates: items each gate evaluates with looks (60, 120, 250; the CI profile) vs one fixed look at the budget
    (250 items), and whether the verdicts agree: on the real checkpoints' per-item results (quant_facts, 0-shot,
-   vLLM) and on 1000 simulated runs per true recovery (pytest_quant.power).
+   vLLM) and on 1000 simulated runs per true recovery (pytest_quant.gate.power).
 6. calibration batch size on the CPU: the plugin's W4A16 build (CI profile) at batch 1, 4 and 8, with KL and
    top-1 against the base (benchmarks/batching.py).
 """
@@ -59,10 +59,10 @@ tok.save_pretrained(out)
 
 PLUGIN_BUILD = r'''
 import sys
-from pytest_quant.build import build_checkpoint
-from pytest_quant.calibration import CalibrationSpec
-from pytest_quant.recipes import RecipeSpec
-from pytest_quant.store import Store
+from pytest_quant.build.checkpoint import build_checkpoint
+from pytest_quant.build.calibration import CalibrationSpec
+from pytest_quant.build.recipes import RecipeSpec
+from pytest_quant.infra.store import Store
 build_checkpoint("smollm2-135m-instruct", RecipeSpec("W4A16", group_size=64), CalibrationSpec("bundled", 32, 256),
                  Store(sys.argv[1]), rebuild=True)
 '''
@@ -70,8 +70,8 @@ build_checkpoint("smollm2-135m-instruct", RecipeSpec("W4A16", group_size=64), Ca
 PLUGIN_EVAL = r'''
 import logging, sys
 from pathlib import Path
-from pytest_quant.evaluate import EvalRun, evaluate
-from pytest_quant.store import Store
+from pytest_quant.evaluate.evaluator import EvalRun, evaluate
+from pytest_quant.infra.store import Store
 logging.basicConfig(level=logging.INFO)
 runs = {EvalRun(t, add_bos_token=b): list(range(60)) for t in ("quant_facts", "quant_arith") for b in (True, False)}
 evaluate(Path(sys.argv[1]), runs, Store(sys.argv[2]), backend="vllm", vllm_python=sys.argv[3], rebuild=True)
@@ -79,17 +79,17 @@ evaluate(Path(sys.argv[1]), runs, Store(sys.argv[2]), backend="vllm", vllm_pytho
 
 GATES = r'''
 import json, sys
-from pytest_quant.build import build_checkpoint
-from pytest_quant.calibration import CalibrationSpec
-from pytest_quant.evaluate import EvalRun, evaluate
-from pytest_quant.gates import Threshold, bos_loss_scores, bound_scores, combine
-from pytest_quant.models import materialize, resolve_model
-from pytest_quant.options import PROFILES
-from pytest_quant.power import rates
-from pytest_quant.stats import decide, plan_looks, sequential
-from pytest_quant.store import Store
-from pytest_quant.recipes import RecipeSpec
-from pytest_quant.tasks import item_order
+from pytest_quant.build.checkpoint import build_checkpoint
+from pytest_quant.build.calibration import CalibrationSpec
+from pytest_quant.evaluate.evaluator import EvalRun, evaluate
+from pytest_quant.gate.scores import Threshold, bos_loss_scores, bound_scores, combine
+from pytest_quant.build.models import materialize, resolve_model
+from pytest_quant.session.settings import PROFILES
+from pytest_quant.gate.power import rates
+from pytest_quant.gate.stats import decide, plan_looks, sequential
+from pytest_quant.infra.store import Store
+from pytest_quant.build.recipes import RecipeSpec
+from pytest_quant.evaluate.tasks import item_order
 ci = PROFILES["ci"]
 store, vllm = Store(sys.argv[1]), sys.argv[2]
 ids = item_order("quant_facts", 0)[:ci["max_items"]]
@@ -164,7 +164,7 @@ def bench_eval(work: Path, checkpoint: Path) -> dict:
     env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}
     naive = {"wall_s": 0.0, "peak_rss_mib": 0, "output": ""}
     tasks_dir = work / "tasks"
-    subprocess.run([str(QUANT), "-c", f"from pytest_quant.tasks import write_task_dir; from pathlib import Path; "
+    subprocess.run([str(QUANT), "-c", f"from pytest_quant.evaluate.tasks import write_task_dir; from pathlib import Path; "
                     f"write_task_dir(Path({str(tasks_dir)!r}))"], check=True)
     for task in ("quant_facts", "quant_arith"):
         for bos in (True, False):

@@ -3,11 +3,11 @@
     python scripts/check_main_job.py quant-report.json [--scheme W4A16] [--gate accuracy]
 
 (``--scheme`` / ``--gate``: check that scheme's or kind's gates only (accuracy, bos, fidelity), for a run of part of
-the suite.) The report is read as the versioned report model (pytest_quant.report.Report): one of another shape
+the suite.) The report is read as the versioned report model (pytest_quant.plugin.report.Report): one of another shape
 fails the check.
 
 The rule, the same for every gate (docs/THRESHOLDS.md, "Across machines"): a gate's expected verdict is required
-only where it holds in at least 99% of simulated runs (`python -m pytest_quant.power --report`) at the smallest
+only where it holds in at least 99% of simulated runs (`python -m pytest_quant.gate.power --report`) at the smallest
 margin measured on any machine or emulated configuration; elsewhere the check requires only that the opposite
 verdict does not occur (its chance is bounded by the gate's alpha and is below 1% at every measured margin).
 No threshold is moved for this; UNDECIDED stays an honest answer near a threshold.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sys
 
-from pytest_quant.report import Report
+from pytest_quant.plugin.report import Report
 
 FAIL, PASS, UNDECIDED = "FAIL", "PASS", "UNDECIDED"
 ALLOWED = {("W4A16", "accuracy"): {FAIL}, ("W8A8", "accuracy"): {PASS, UNDECIDED},

@@ -14,14 +14,14 @@ import json
 import os
 from pathlib import Path
 
-from pytest_quant.build import build_checkpoint
-from pytest_quant.calibration import CalibrationSpec
-from pytest_quant.evaluate import EvalRun, evaluate
-from pytest_quant.gates import aggregate
-from pytest_quant.models import materialize, resolve_model
-from pytest_quant.recipes import RecipeSpec
-from pytest_quant.store import Store
-from pytest_quant.tasks import item_order, primary_metric
+from pytest_quant.build.checkpoint import build_checkpoint
+from pytest_quant.build.calibration import CalibrationSpec
+from pytest_quant.evaluate.evaluator import EvalRun, evaluate
+from pytest_quant.gate.scores import aggregate
+from pytest_quant.build.models import materialize, resolve_model
+from pytest_quant.build.recipes import RecipeSpec
+from pytest_quant.infra.store import Store
+from pytest_quant.evaluate.tasks import item_order, primary_metric
 
 MODEL = "smollm2-135m-instruct"
 

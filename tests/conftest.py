@@ -15,9 +15,9 @@ import llmcompressor.modifiers.gptq  # noqa: F401,E402
 import llmcompressor.modifiers.transform.smoothquant  # noqa: F401,E402
 from llmcompressor import oneshot  # noqa: F401,E402
 
-from pytest_quant.calibration import CalibrationSpec
-from pytest_quant.evaluate import release_models
-from pytest_quant.store import Store
+from pytest_quant.build.calibration import CalibrationSpec
+from pytest_quant.evaluate.evaluator import release_models
+from pytest_quant.infra.store import Store
 
 MODEL = "smollm2-135m-instruct"
 # Tiers by file (pyproject.toml lists the markers): scripts/test.sh runs unit and plugin by default, --ci adds the
@@ -55,8 +55,8 @@ def vllm_support(vllm_python: str) -> dict[str, dict[str, str]]:
     """vLLM's own answer on this machine: which kernel runs each scheme, or why none (hardware.skip_reason)."""
     import json
 
-    from pytest_quant.evaluate import probe_schemes
-    from pytest_quant.machine import cpu_dtype
+    from pytest_quant.evaluate.evaluator import probe_schemes
+    from pytest_quant.infra.machine import cpu_dtype
 
     schemes = {"W4A16": {"weight_only": True, "bits": 4, "group_size": 64, "g_idx": False},
                "W8A8": {"weight_only": False, "bits": 8, "group_size": -1, "g_idx": False}}

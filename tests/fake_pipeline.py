@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from pytest_quant.build import Checkpoint
-from pytest_quant.evaluate import EvaluationFailed, ItemResults
-from pytest_quant.hardware import Device
-from pytest_quant.models import resolve_model
-from pytest_quant.recipes import RecipeSpec
-from pytest_quant.session import QuantSession
+from pytest_quant.build.checkpoint import Checkpoint
+from pytest_quant.evaluate.evaluator import EvaluationFailed, ItemResults
+from pytest_quant.infra.hardware import Device
+from pytest_quant.build.models import resolve_model
+from pytest_quant.build.recipes import RecipeSpec
+from pytest_quant.session.session import QuantSession
 
 
 def build(self: QuantSession, target: Any) -> Checkpoint:

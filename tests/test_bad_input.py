@@ -130,8 +130,8 @@ def test_bad_value_is_exit_4_and_one_line(pytester: pytest.Pytester, monkeypatch
         monkeypatch.delenv(name, raising=False)
     files = setup_files(pytester.path)
     if any("{store}" in a for a in args):  # the base model converted first: its progress bars are not the refusal
-        from pytest_quant.models import materialize, resolve_model
-        from pytest_quant.store import Store
+        from pytest_quant.build.models import materialize, resolve_model
+        from pytest_quant.infra.store import Store
 
         materialize(resolve_model("smollm2-135m-instruct"), Store(SHARED_STORE))
     for k, v in env.items():

@@ -14,8 +14,8 @@ import torch
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from pytest_quant.batching import pad_masking, padded_batches
-from pytest_quant.recipes import RecipeSpec, to_modifiers
+from pytest_quant.build.batching import pad_masking, padded_batches
+from pytest_quant.build.recipes import RecipeSpec, to_modifiers
 
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quant.gates import Threshold
-from pytest_quant.markers import OPTION_ARGS, PARSERS, RequiresSpec
-from pytest_quant.options import OPTIONS
-from pytest_quant.yaml_items import LlmCompressorConfig, LmEvalConfig, VllmConfig
+from pytest_quant.gate.scores import Threshold
+from pytest_quant.session.markers import OPTION_ARGS, PARSERS, RequiresSpec
+from pytest_quant.session.settings import OPTIONS
+from pytest_quant.plugin.yaml_items import LlmCompressorConfig, LmEvalConfig, VllmConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "REFERENCE.md").read_text()
@@ -39,7 +39,7 @@ def test_yaml_fields_documented() -> None:
 def test_marker_examples_in_the_docs_are_accepted(tmp_path, monkeypatch) -> None:
     """Every ``@pytest.mark.quant_*(...)`` in the README's and docs' Python examples parses (no stale arguments),
     on a machine that has the hub tasks they name (gsm8k) in its datasets cache, as a user's has."""
-    from pytest_quant.tasks import check_available
+    from pytest_quant.evaluate.tasks import check_available
 
     (tmp_path / "openai___gsm8k").mkdir()
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))

@@ -11,12 +11,12 @@ import torch
 from datasets import load_dataset
 from safetensors import safe_open
 
-from pytest_quant.build import Checkpoint, build_checkpoint, load_tokenizer
-from pytest_quant.calibration import BUNDLED_CALIBRATION, CalibrationSpec, calibration_digest, prepare_calibration
-from pytest_quant.models import materialize, resolve_model
-from pytest_quant.checks import checkpoint_problems, generate
-from pytest_quant.recipes import RecipeSpec
-from pytest_quant.store import Store
+from pytest_quant.build.checkpoint import Checkpoint, build_checkpoint, load_tokenizer
+from pytest_quant.build.calibration import BUNDLED_CALIBRATION, CalibrationSpec, calibration_digest, prepare_calibration
+from pytest_quant.build.models import materialize, resolve_model
+from pytest_quant.build.checks import checkpoint_problems, generate
+from pytest_quant.build.recipes import RecipeSpec
+from pytest_quant.infra.store import Store
 
 from .conftest import CI_CALIBRATION, MODEL
 
@@ -88,7 +88,7 @@ def test_second_request_is_served_from_the_store(checkpoint: Checkpoint, store: 
 
 
 def test_default_group_size_is_refused_for_smollm2(store: Store) -> None:
-    from pytest_quant.errors import QuantUsageError
+    from pytest_quant.infra.errors import QuantUsageError
 
     with pytest.raises(QuantUsageError, match=r"group_size=128 cannot quantize .* Use group_size=64"):
         build_checkpoint(MODEL, RecipeSpec("W4A16"), CI_CALIBRATION, store)
@@ -140,7 +140,7 @@ def test_two_xdist_workers_build_once_and_builds_are_bit_identical(pytester: pyt
 @pytest.mark.slow  # a build of its own
 def test_batched_calibration_keeps_fidelity(store: Store) -> None:
     """Batch 4 (padded, masked) against batch 1 on the real model: KL within 10%, top-1 within 0.02."""
-    from pytest_quant.fidelity import fidelity
+    from pytest_quant.evaluate.fidelity import fidelity
 
     base = materialize(resolve_model(MODEL), store)[0]
     one = build_checkpoint(MODEL, RecipeSpec("W4A16", group_size="auto"), CI_CALIBRATION, store)

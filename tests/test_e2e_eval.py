@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quant.build import Checkpoint, build_checkpoint
-from pytest_quant.evaluate import EvalRun, evaluate
-from pytest_quant.fidelity import fidelity
-from pytest_quant.gates import aggregate
-from pytest_quant.models import materialize, resolve_model
-from pytest_quant.recipes import RecipeSpec
-from pytest_quant.store import Store
+from pytest_quant.build.checkpoint import Checkpoint, build_checkpoint
+from pytest_quant.evaluate.evaluator import EvalRun, evaluate
+from pytest_quant.evaluate.fidelity import fidelity
+from pytest_quant.gate.scores import aggregate
+from pytest_quant.build.models import materialize, resolve_model
+from pytest_quant.build.recipes import RecipeSpec
+from pytest_quant.infra.store import Store
 
 from .conftest import CI_CALIBRATION, MODEL
 
@@ -141,7 +141,7 @@ def test_another_install_and_a_moved_store_hit_the_same_entries(checkpoints, tmp
                     str(other), str(Path(__file__).resolve().parents[1])], check=True, timeout=300,
                    capture_output=True)
     code = ("import json, sys; from pathlib import Path; import pytest_quant\n"
-            "from pytest_quant.evaluate import EvalRun, evaluate; from pytest_quant.store import Store\n"
+            "from pytest_quant.evaluate.evaluator import EvalRun, evaluate; from pytest_quant.infra.store import Store\n"
             "run = EvalRun('quant_facts')\n"
             "r = evaluate(Path(sys.argv[1]), {run: list(range(6))}, Store(sys.argv[2]), backend='hf')[run]\n"
             "print(json.dumps([pytest_quant.__file__, r.cached]))")

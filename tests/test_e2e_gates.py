@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pytest_quant.build import Checkpoint, build_checkpoint
-from pytest_quant.recipes import RecipeSpec
-from pytest_quant.store import Store
+from pytest_quant.build.checkpoint import Checkpoint, build_checkpoint
+from pytest_quant.build.recipes import RecipeSpec
+from pytest_quant.infra.store import Store
 
 from .conftest import CI_CALIBRATION, MODEL
 
@@ -93,7 +93,7 @@ def test_checkpoints_of_every_buildable_recipe_are_gated_as_built(pytester: pyte
                                                                    checkpoints, tmp_path: Path, recipes) -> None:
     """Issue 18: built in one run, gated in another with --quant-checkpoint: the structure check reads scheme,
     group size and ignore list from each checkpoint (a W4A16 group-64 checkpoint failed against group 128)."""
-    from pytest_quant.calibration import CalibrationSpec
+    from pytest_quant.build.calibration import CalibrationSpec
 
     tiny = CalibrationSpec("bundled", 8, 64)  # the structure does not depend on the calibration's size
     built = {"w4a16-g64": checkpoints["W4A16"].path, "w8a8": checkpoints["W8A8"].path,

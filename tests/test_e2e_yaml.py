@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quant.store import Store
+from pytest_quant.infra.store import Store
 
 pytestmark = pytest.mark.e2e
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

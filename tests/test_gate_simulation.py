@@ -11,9 +11,9 @@ import random
 
 import pytest
 
-from pytest_quant.options import PROFILES
-from pytest_quant.power import rates, simulate
-from pytest_quant.stats import FAIL, PASS
+from pytest_quant.session.settings import PROFILES
+from pytest_quant.gate.power import rates, simulate
+from pytest_quant.gate.stats import FAIL, PASS
 
 CI = PROFILES["ci"]
 SETTINGS = {"base_acc": 0.70, "gained": 0.039, "threshold": 0.95, "limit": CI["limit"], "max_items": CI["max_items"],

@@ -1,6 +1,6 @@
 """vLLM on a GPU through the plugin: the engine pool's memory rule (run on the lent H100 by scripts/gpu/device.sh).
 
-The rule (pytest_quant/evaluate.py): each engine takes GPU_ENGINE_SHARE of the card, so the base and the
+The rule (pytest_quant/evaluate/evaluator.py): each engine takes GPU_ENGINE_SHARE of the card, so the base and the
 quantized engine of a gate stay alive together within GPU_BUDGET; in-process GPU work (a build) closes them first.
 """
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quant.calibration import CalibrationSpec
-from pytest_quant.evaluate import ENGINES, GPU_BUDGET, GPU_ENGINE_SHARE
-from pytest_quant.options import Settings
-from pytest_quant.recipes import RecipeSpec
-from pytest_quant.session import Case, QuantSession, Target
+from pytest_quant.build.calibration import CalibrationSpec
+from pytest_quant.evaluate.evaluator import ENGINES, GPU_BUDGET, GPU_ENGINE_SHARE
+from pytest_quant.session.settings import Settings
+from pytest_quant.build.recipes import RecipeSpec
+from pytest_quant.session.session import Case, QuantSession, Target
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_quant.hardware import skip_reason
-from pytest_quant.session import QuantSession
+from pytest_quant.infra.hardware import skip_reason
+from pytest_quant.session.session import QuantSession
 
 
 @pytest.mark.quant_requires(min_capability=10.0)

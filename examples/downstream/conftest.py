@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_quant.checks import generate
+from pytest_quant.build.checks import generate
 
 
 @pytest.fixture(scope="session")

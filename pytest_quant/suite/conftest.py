@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_quant.stash import SESSION
-from pytest_quant.tasks import primary_metric
+from pytest_quant.plugin.stash import SESSION
+from pytest_quant.evaluate.tasks import primary_metric
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

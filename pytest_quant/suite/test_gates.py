@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_quant.build import Checkpoint
-from pytest_quant.checks import checkpoint_problems, generate
-from pytest_quant.gating import run_fidelity
-from pytest_quant.rows import conclude
-from pytest_quant.session import Case, QuantSession, Target
+from pytest_quant.build.checkpoint import Checkpoint
+from pytest_quant.build.checks import checkpoint_problems, generate
+from pytest_quant.session.gate_runs import run_fidelity
+from pytest_quant.plugin.rows import conclude
+from pytest_quant.session.session import Case, QuantSession, Target
 
 
 def test_checkpoint_structure(quantized_checkpoint: Checkpoint) -> None:

@@ -34,13 +34,13 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from pytest_quant.build import _shape_model, batch_size, build_checkpoint, load_tokenizer  # noqa: E402
-from pytest_quant.calibration import CalibrationSpec  # noqa: E402
-from pytest_quant.evaluate import EvalRun, evaluate, release_models  # noqa: E402
-from pytest_quant.models import materialize, resolve_model  # noqa: E402
-from pytest_quant.recipes import RecipeSpec, check_shapes  # noqa: E402
-from pytest_quant.store import Store  # noqa: E402
-from pytest_quant.tasks import item_order  # noqa: E402
+from pytest_quant.build.checkpoint import _shape_model, batch_size, build_checkpoint, load_tokenizer  # noqa: E402
+from pytest_quant.build.calibration import CalibrationSpec  # noqa: E402
+from pytest_quant.evaluate.evaluator import EvalRun, evaluate, release_models  # noqa: E402
+from pytest_quant.build.models import materialize, resolve_model  # noqa: E402
+from pytest_quant.build.recipes import RecipeSpec, check_shapes  # noqa: E402
+from pytest_quant.infra.store import Store  # noqa: E402
+from pytest_quant.evaluate.tasks import item_order  # noqa: E402
 
 # Published configurations (the models' config.json on the hub), without RoPE scaling: it moves no cost.
 LLAMA = {"model_type": "llama", "num_key_value_heads": 8, "vocab_size": 128256, "rms_norm_eps": 1e-5,

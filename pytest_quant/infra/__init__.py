@@ -1,0 +1,1 @@
+"""Shared ground: the content-keyed store, hardware and machine facts, errors, progress, library versions."""

@@ -1,0 +1,300 @@
+"""One test session's state: resolved options, the store, the device, and memoized pipeline steps.
+
+Everything pytest-specific stays in :mod:`.plugin`; this module calls the plain pipeline functions and
+remembers their results so that every test of a session shares one base model, one checkpoint per case and
+one model load per evaluation round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_quant.build.checkpoint import Checkpoint, build_checkpoint, given_checkpoint, resolve_device
+from pytest_quant.build.calibration import CalibrationSpec
+from pytest_quant.infra.errors import QuantUsageError
+from pytest_quant.evaluate.evaluator import (SCHEME_PROBE, EvalRun, Evaluator, ItemResults, gpu_work, probe_schemes, probe_vllm,
+                       resolve_backend)
+from pytest_quant.evaluate.fidelity import fidelity
+from pytest_quant.infra.hardware import Device, detect_device, xdist_worker
+from pytest_quant.infra.machine import cpu_dtype, signature
+from pytest_quant.build.models import as_is, materialize, resolve_model
+from pytest_quant.session.settings import Settings
+from pytest_quant.build.recipes import SCHEMES, RecipeSpec
+from pytest_quant.gate.stats import plan_looks
+from pytest_quant.infra.store import Store, digest
+from pytest_quant.evaluate.tasks import item_order, task_size
+
+
+@dataclass(frozen=True)
+class Case:
+    """What a checkpoint test runs on: a base model and a scheme, built here or given (``checkpoint``)."""
+    model: str
+    scheme: str
+    checkpoint: str | None = None
+
+    @property
+    def id(self) -> str:
+        name = resolve_model(self.model).name
+        return f"{name}-{Path(self.checkpoint).name}" if self.checkpoint else f"{name}-{self.scheme}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Something to evaluate: a base model (scheme None), a checkpoint to build, or a given checkpoint."""
+    model: str
+    scheme: str | None = None
+    recipe: RecipeSpec | None = None  # None: the session's recipe for ``scheme``
+    calibration: CalibrationSpec | None = None  # None: the session's calibration
+    checkpoint: str | None = None  # a checkpoint directory built elsewhere
+    gpus: tuple[tuple[str, int], ...] = ()  # build_gpus / eval_gpus from a YAML config
+    backend: str | None = None  # None: the session's (session.eval_backend picks per scheme)
+    engine: tuple[tuple[str, Any], ...] = ()  # lm-eval model arguments (a YAML config's)
+    as_is: bool = False  # evaluate ``model`` as it is, quantized or not (vLLM's configs)
+
+    @classmethod
+    def of(cls, case: Case, **kwargs: Any) -> "Target":
+        return cls(case.model, case.scheme, checkpoint=case.checkpoint, **kwargs)
+
+    @property
+    def label(self) -> str:
+        if self.as_is:
+            return f"{Path(self.model).name} (as is)"
+        if self.checkpoint:
+            return Path(self.checkpoint).name
+        return f"{resolve_model(self.model).name}-{self.scheme or 'base'}"
+
+
+def limit_threads() -> None:
+    """Give each pytest-xdist worker its share of the cores, so two workers do not oversubscribe two."""
+    workers = xdist_worker()[1]
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+class QuantSession:
+    def __init__(self, settings: Settings, cache_dir: Path | None, cache_problem: str | None = None) -> None:
+        self.settings = settings
+        root = settings.get("cache_dir") or cache_dir
+        self._store = Store(Path(root)) if root else None
+        self._store_problem = cache_problem
+        self.rebuild = bool(settings.get("rebuild"))
+        self.trust_remote_code = bool(settings.get("trust_remote_code"))
+        self.vllm_python = settings.get("vllm_python")
+        self.requested_backend = settings.get("backend")
+        self._backend: tuple[str, str] | None = None
+        self._device: Device | None = None
+        self._support: dict[str, dict[str, str]] | None = None
+        self._checkpoints: dict[Any, Checkpoint] = {}
+        self._bases: dict[str, tuple[Path, Any]] = {}
+        self._checked: set[Case] = set()
+        self.planned: dict[Target, dict[EvalRun, set[int]]] = {}
+        self._results: dict[tuple[Target, EvalRun], ItemResults] = {}
+
+    # -- environment -------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise QuantUsageError(self._store_problem or "no cache directory: pass --quant-cache-dir DIR")
+        return self._store
+
+    @property
+    def backend(self) -> str:
+        if self._backend is None:
+            self._backend = resolve_backend(self.requested_backend, self.vllm_python)
+        return self._backend[0]
+
+    @property
+    def backend_reason(self) -> str:
+        self.backend  # noqa: B018  (resolves it)
+        assert self._backend is not None
+        return self._backend[1]
+
+    @property
+    def vllm_support(self) -> dict[str, dict[str, str]] | None:
+        """vLLM's answer (its interpreter asked once, kept in the store by vLLM version and device) to which
+        kernel runs each scheme on this device; None without the vLLM backend (the skip table decides)."""
+        if self.backend != "vllm":
+            return None
+        if self._support is None:
+            schemes = {}
+            for name, row in SCHEMES.items():
+                gs = self.settings.get("group_size")
+                schemes[name] = {"weight_only": row["act_bits"] == 16, "bits": row["weight_bits"],
+                                 "group_size": gs if isinstance(gs, int) else row["group_size"] or -1,
+                                 "g_idx": self.settings.get("actorder") in ("group",)}
+            capability = self.device.capability if self.device.kind == "cuda" else None
+            act = cpu_dtype() if capability is None else "bfloat16"
+            material = {"versions": probe_vllm(self.vllm_python or ""), "capability": capability, "schemes": schemes,
+                        "probe": digest(SCHEME_PROBE), "act_dtype": act, "cpu": signature()["isa"]}
+
+            def ask(out: Path) -> dict[str, Any]:
+                answer = probe_schemes(self.vllm_python or "", capability, json.dumps(schemes, sort_keys=True), act)
+                (out / "support.json").write_text(json.dumps(answer))
+                return {}
+
+            entry = self.store.get_or_create("vllm-support", material, ask, label="vLLM's scheme support")
+            self._support = json.loads((entry.path / "support.json").read_text())
+        return self._support
+
+    def eval_backend(self, scheme: str | None) -> str:
+        """The backend that evaluates ``scheme``'s checkpoints and, paired with them, their base model: the
+        session's; with --quant-backend auto, transformers for a scheme vLLM has no kernel for on this device
+        (vLLM's CPU build has no W4A16 kernel on CPUs without AVX-512 or native bf16). With --quant-backend vllm
+        such a scheme is skipped instead (hardware.why_skip)."""
+        support = self.vllm_support
+        if support and self.requested_backend == "auto" and "error" in support.get(scheme or "", {}):
+            return "hf"
+        return self.backend
+
+    def why_not_vllm(self, scheme: str | None) -> str | None:
+        """Why ``scheme`` is evaluated with transformers although vLLM is configured, or None."""
+        if self.backend == "vllm" and self.eval_backend(scheme) == "hf":
+            return (f"evaluated with transformers: vLLM cannot run {scheme} here "
+                    f"({(self.vllm_support or {})[scheme or '']['error'][:200]})")
+        return None
+
+    @property
+    def device(self) -> Device:
+        if self._device is None:
+            self._device = detect_device()
+        return self._device
+
+    @property
+    def compute(self) -> str:
+        return resolve_device(self.settings.get("device"))
+
+    def cases(self) -> list[Case]:
+        """The model x scheme cases, or one per --quant-checkpoint (paired with its base model)."""
+        models, checkpoints = self.settings.get("model"), self.settings.get("checkpoint")
+        if not checkpoints:
+            return [Case(m, s) for m in models for s in self.settings.get("scheme")]
+        from pytest_quant.build.checks import checkpoint_scheme
+
+        if len(models) != 1:
+            raise QuantUsageError("--quant-checkpoint needs exactly one --quant-model: the base model the "
+                                  f"checkpoints were made from (got {len(models)})")
+        cases = []
+        for c in checkpoints:
+            try:
+                cases.append(Case(models[0], checkpoint_scheme(Path(c)), str(Path(c).resolve())))
+            except QuantUsageError as e:
+                raise QuantUsageError(f"--quant-checkpoint {c}: {e}") from None
+        return cases
+
+    # -- build -------------------------------------------------------------------------------
+    def calibration(self, overrides: dict[str, Any] | None = None) -> CalibrationSpec:
+        s, o = self.settings, overrides or {}
+        return CalibrationSpec(s.get("calibration", o), s.get("num_samples", o), s.get("max_seq_length", o),
+                               s.get("calibration_batch_size", o))
+
+    def recipe(self, scheme: str, overrides: dict[str, Any] | None = None) -> RecipeSpec:
+        s, o = self.settings, overrides or {}
+        return RecipeSpec(scheme=scheme, group_size=s.get("group_size", o), actorder=s.get("actorder", o),
+                          dampening_frac=s.get("dampening_frac", o),
+                          smoothing_strength=s.get("smoothing_strength", o) if scheme == "W8A8" else None,
+                          ignore=tuple(s.get("ignore", o) or ()))
+
+    def base(self, model: str) -> tuple[Path, Any]:
+        if model not in self._bases:
+            self._bases[model] = materialize(resolve_model(model), self.store, rebuild=False)
+        return self._bases[model]
+
+    def check_build(self, case: Case) -> None:
+        """Refuse, before any test runs, a case whose model cannot be had (an offline hub id) or whose recipe
+        cannot quantize it (a group size that divides no layer, an ignore list that leaves no layer)."""
+        if case.checkpoint or case in self._checked:
+            return
+        from pytest_quant.build.checkpoint import _shape_model
+        from pytest_quant.build.recipes import check_shapes
+
+        base_path, _ = self.base(case.model)
+        check_shapes(_shape_model(base_path, self.trust_remote_code), self.recipe(case.scheme))
+        self._checked.add(case)
+
+    def checkpoint(self, case: Case) -> Checkpoint:
+        return self.build(Target.of(case))
+
+    def build(self, target: Target) -> Checkpoint:
+        """The checkpoint of ``target``: the given directory, or built (once) with its recipe."""
+        assert target.scheme is not None
+        if target.checkpoint:
+            key: Any = target.checkpoint
+            if key not in self._checkpoints:
+                self._checkpoints[key] = given_checkpoint(Path(target.checkpoint), target.model, target.scheme)
+            return self._checkpoints[key]
+        recipe = target.recipe or self.recipe(target.scheme)
+        calibration = target.calibration or self.calibration()
+        key = (target.model, recipe, calibration)
+        if key not in self._checkpoints:
+            limit_threads()
+            with gpu_work(self.compute):  # kept evaluation models would hold GPU memory the build needs
+                self._checkpoints[key] = build_checkpoint(
+                    target.model, recipe, calibration, self.store, device=self.compute, rebuild=self.rebuild,
+                    trust_remote_code=self.trust_remote_code,
+                    gpus=self.settings.get("build_gpus", dict(target.gpus)),
+                    timeout=self.settings.get("build_timeout"))
+        return self._checkpoints[key]
+
+    def path(self, target: Target) -> Path:
+        if target.as_is:
+            return as_is(resolve_model(target.model, quantized_ok=True), self.store)
+        return self.base(target.model)[0] if target.scheme is None else self.build(target).path
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluator(self, backend: str | None = None) -> Evaluator:
+        return Evaluator(self.store, backend or self.backend, self.vllm_python, self.compute,
+                         self.settings.get("eval_timeout"), self.trust_remote_code, self.rebuild,
+                         bool(self.settings.get("cpu_w4a8")), self.device)
+
+    def run(self, task: str, marker: dict[str, Any] | None = None, add_bos_token: bool = True,
+            apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
+            gen_kwargs: str | None = None) -> EvalRun:
+        return EvalRun(task, num_fewshot=self.settings.get("num_fewshot", marker), add_bos_token=add_bos_token,
+                       apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
+                       gen_kwargs=gen_kwargs)
+
+    def order(self, task: str, marker: dict[str, Any] | None = None) -> list[int]:
+        """The task's items in the order gates draw them (seeded by --quant-item-seed)."""
+        return item_order(task, self.settings.get("item_seed", marker))
+
+    def looks(self, task: str, marker: dict[str, Any] | None = None) -> list[int]:
+        """Item counts at which a gate on ``task`` decides: ``limit``, doubled, up to ``max_items`` (never fewer
+        than ``limit``), all capped at the task's size."""
+        size, first = task_size(task), self.settings.get("limit", marker)
+        return plan_looks(min(first, size), min(max(first, self.settings.get("max_items", marker)), size))
+
+    def plan(self, target: Target, run: EvalRun, ids: list[int]) -> None:
+        """Remember items a later test will need, so one model load serves them all."""
+        self.planned.setdefault(target, {}).setdefault(run, set()).update(ids)
+
+    def items(self, target: Target, run: EvalRun, ids: list[int]) -> ItemResults:
+        """Per-item results of ``run`` on ``target`` for ``ids``; planned runs of the target come along."""
+        held = self._results.get((target, run))
+        if held is None or not set(ids) <= set(held.items):
+            wanted: dict[EvalRun, list[int]] = {}
+            for r, planned in self.planned.get(target, {}).items():
+                have = self._results.get((target, r))
+                todo = planned - set(have.items if have else ())
+                if todo:
+                    wanted[r] = sorted(todo | set(have.items if have else ()))
+            wanted[run] = sorted(set(ids) | set(wanted.get(run, [])) | set(held.items if held else ()))
+            limit_threads()
+            results = self.evaluator(target.backend).evaluate(self.path(target), wanted, gpus=self.settings.get("eval_gpus", dict(target.gpus)),
+                                              engine=dict(target.engine), label=target.label)
+            self._results.update({(target, r): v for r, v in results.items()})
+            held = self._results[(target, run)]
+        return dataclasses.replace(held, items={i: held.items[i] for i in ids})
+
+    def fidelity(self, case: Case) -> dict[str, Any]:
+        base_path, _ = self.base(case.model)
+        ck = self.checkpoint(case)
+        limit_threads()
+        with gpu_work(self.compute):
+            return fidelity(base_path, ck.path, self.store, device=self.compute, rebuild=self.rebuild)
