@@ -18,7 +18,7 @@ from pytest_quant.build.distributed import run_distributed_build
 from pytest_quant.infra.machine import emulation
 from pytest_quant.infra.errors import QuantUsageError
 from pytest_quant.build.models import ModelSource, materialize, resolve_model
-from pytest_quant.build.recipes import SCHEMES, RecipeSpec, check_shapes, to_modifiers
+from pytest_quant.build.recipes import RecipeSpec, check_shapes, to_modifiers
 from pytest_quant.infra.store import Store, content_digest
 from pytest_quant.infra.versions import versions
 
