@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ def cpu_dtype() -> str:
 
 
 def threads(env: dict[str, str]) -> int:
-    """CPU threads an evaluation computes with: vLLM's CPU bind list, else OMP_NUM_THREADS, else the cores."""
+    """CPU threads an evaluation computes with: vLLM's CPU bind list, else OMP_NUM_THREADS, else torch's thread count
+    where torch is imported (an xdist worker gets its share of the cores), else the cores."""
     bind = env.get("VLLM_CPU_OMP_THREADS_BIND", "")
     if bind and bind not in ("auto", "all"):
         count = 0
@@ -71,6 +73,8 @@ def threads(env: dict[str, str]) -> int:
         return count
     if env.get("OMP_NUM_THREADS", "").isdigit():
         return int(env["OMP_NUM_THREADS"])
+    if "torch" in sys.modules:  # an evaluation in this process (transformers) computes with torch's threads
+        return sys.modules["torch"].get_num_threads()
     return len(os.sched_getaffinity(0))
 
 
