@@ -1,6 +1,6 @@
 """pytest-quant: quantize with llm-compressor, evaluate with lm-eval (vLLM or transformers), gate in pytest.
 
-Layers, each importing only the ones below it (tests/test_layers.py): :mod:`.plugin` (pytest wiring) ->
+Layers, each importing only the ones below it (tests/unit/test_layers.py): :mod:`.plugin` (pytest wiring) ->
 :mod:`.session` (settings, the session, running gates) -> :mod:`.gate` (scores, sequential tests, verdicts,
 baselines) -> :mod:`.evaluate` (lm-eval through vLLM or transformers, tasks, fidelity); :mod:`.session` ->
 :mod:`.build` (model sources, calibration data, recipes, checkpoints); all -> :mod:`.infra` (store, hardware,

@@ -1,46 +1,54 @@
-"""Shared fixtures for the real end-to-end tests: one store, the CI profile, the bundled model."""
+"""Shared fixtures and the test tiers: a test's tier is its directory (tests/unit, tests/plugin, tests/e2e, tests/gpu).
+
+Nothing heavy is imported here: the unit tier runs without torch, transformers or llm-compressor
+(tests/unit/test_layers.py checks it).
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-# Imported here, before any test: pytester restores sys.modules after each test that uses it, and
-# llm-compressor's modules register kernels in compressed-tensors at import, so a second import (after a
-# test imported them first inside pytester) fails with "A backend with function name ... is already registered".
-import llmcompressor.modifiers.gptq  # noqa: F401,E402
-import llmcompressor.modifiers.transform.smoothquant  # noqa: F401,E402
-from llmcompressor import oneshot  # noqa: F401,E402
-
 from pytest_quant.build.calibration import CalibrationSpec
-from pytest_quant.evaluate.evaluator import release_models
 from pytest_quant.infra.store import Store
 
 MODEL = "smollm2-135m-instruct"
-# Tiers by file (pyproject.toml lists the markers): scripts/test.sh runs unit and plugin by default, --ci adds the
-# e2e tests not marked slow, --all runs everything.
-TIERS = {"test_plugin.py": "plugin", "test_bad_input.py": "plugin", "test_reliability.py": "plugin",
-         "test_gpu_vllm.py": "gpu", "test_multi_gpu_run.py": "gpu", "test_hardware_gpu.py": "plugin"}
+TIERS = ("unit", "plugin", "e2e", "gpu")  # pyproject.toml lists the markers; scripts/test.sh runs them by directory
+CI_CALIBRATION = CalibrationSpec("bundled", num_samples=32, max_seq_length=256)
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give every test its tier: the e2e files mark themselves, the rest by file (unit when not listed)."""
+    """Mark every test with its tier; where a tier above unit runs, import llm-compressor before any test does.
+
+    pytester restores sys.modules after each test that uses it, and llm-compressor's modules register kernels in
+    compressed-tensors at import, so a second import (after a test imported them first inside pytester) fails with
+    "A backend with function name ... is already registered".
+    """
+    tiers = set()
     for item in items:
-        if not any(item.get_closest_marker(name) for name in ("e2e", "gpu")):
-            item.add_marker(getattr(pytest.mark, TIERS.get(item.path.name, "unit")))
-CI_CALIBRATION = CalibrationSpec("bundled", num_samples=32, max_seq_length=256)
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+            tiers.add(tier)
+    if tiers - {"unit"}:
+        for module in ("llmcompressor.modifiers.gptq", "llmcompressor.modifiers.transform.smoothquant", "llmcompressor"):
+            importlib.import_module(module)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def release_engines() -> Iterator[None]:
+def release_engines(request: pytest.FixtureRequest) -> Iterator[None]:
     """Close this process's kept vLLM engines after each module: the next module's subprocess suites start
     their own, and four CPU engines (about 4 GiB each) would not fit beside them in 24 GiB."""
     yield
-    release_models()
+    if request.path.parent.name in ("e2e", "gpu"):
+        from pytest_quant.evaluate.evaluator import release_models
+
+        release_models()
 
 
 @pytest.fixture(scope="session")

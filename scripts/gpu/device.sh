@@ -5,10 +5,10 @@
 #         (the call that brings the last part also assembles and installs)
 #   then: bash scripts/gpu/device.sh suite        the shipped suite with vLLM, guide profile, raw log and report
 #         bash scripts/gpu/device.sh compare      the accuracy gates with transformers on the same GPU, the engine
-#                                                 pool tests (tests/test_gpu_vllm.py), vLLM's kernel choice per
+#                                                 pool tests (tests/gpu/test_gpu_vllm.py), vLLM's kernel choice per
 #                                                 capability (7.5, 8.0, 9.0)
 #         bash scripts/gpu/device.sh multi [K [S]]  two GPUs: distributed build, tensor parallel (a random Llama-3.2-1B),
-#                                                 one GPU per worker (tests/test_multi_gpu_run.py, -k K, at most S s)
+#                                                 one GPU per worker (tests/gpu/test_multi_gpu_run.py, -k K, at most S s)
 #         bash scripts/gpu/device.sh scale ARCH N STEPS S   scripts/gpu/scaling.py: a random model of ARCH, N
 #                                                 calibration samples, STEPS (bare,plugin,plugin2,vllm), at most S s
 # Sites: /tmp/site (llm-compressor 0.19 side, pytest runs here) and /tmp/site-vllm (vLLM 0.26 and its
@@ -65,8 +65,8 @@ case "$phase" in
       --quant-backend hf -k "accuracy" --quant-report "$OUT/suite-hf.json" 2>&1 \
       | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/suite-hf.log"
     echo "[gpu] hf accuracy gates: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-hf.log"; tail -12 "$OUT/suite-hf.log"
-    timeout 150 "${PYTEST[@]}" tests/test_gpu_vllm.py -rs 2>&1 | grep -v -E "is ignored" | tail -15 | tee "$OUT/gpu-tests.log"
-    for cc in 75 80 90; do   # vLLM's own kernel choice per capability (recorded for tests/test_units.py)
+    timeout 150 "${PYTEST[@]}" tests/gpu/test_gpu_vllm.py -rs 2>&1 | grep -v -E "is ignored" | tail -15 | tee "$OUT/gpu-tests.log"
+    for cc in 75 80 90; do   # vLLM's own kernel choice per capability (recorded for tests/unit/test_units.py)
       timeout 120 python3 -c "import json, sys; from pytest_quant.evaluate.evaluator import probe_schemes; print(json.dumps(probe_schemes('/tmp/vllm-python', $cc, sys.argv[1]), indent=1))" \
         '{"W4A16": {"weight_only": true, "bits": 4, "group_size": 64, "g_idx": false}, "W8A16": {"weight_only": true, "bits": 8, "group_size": 128, "g_idx": false}, "W8A8": {"weight_only": false, "bits": 8, "group_size": -1, "g_idx": false}}' \
         > "$OUT/vllm-support-cc$cc.json" 2>> "$OUT/probe.err"
@@ -75,7 +75,7 @@ case "$phase" in
     ;;
   multi)
     export QUANT_MULTI_OUT=$OUT
-    timeout "${3:-560}" "${PYTEST[@]}" tests/test_multi_gpu_run.py -k "${2:-}" -rs 2>&1 \
+    timeout "${3:-560}" "${PYTEST[@]}" tests/gpu/test_multi_gpu_run.py -k "${2:-}" -rs 2>&1 \
       | grep -v -E "is ignored|it/s\]|s/it\]" | tee -a "$OUT/multi.log" | tail -40
     ;;
   scale)

@@ -18,9 +18,8 @@ from pytest_quant.build.checks import checkpoint_problems, generate
 from pytest_quant.build.recipes import RecipeSpec
 from pytest_quant.infra.store import Store
 
-from .conftest import CI_CALIBRATION, MODEL
+from ..conftest import CI_CALIBRATION, MODEL
 
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="session", params=["W4A16", "W8A8"])

@@ -7,18 +7,16 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from pytest_quant.gate.baseline import Baseline, save_baseline
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
-from pytest_quant.evaluate.tasks import check_available
 from pytest_quant.gate.scores import Threshold, aggregate, bos_loss_scores, bound_scores, combine, isclose
 from pytest_quant.infra.hardware import Device, skip_reason
 from pytest_quant.build.models import resolve_model
 from pytest_quant.session.settings import Settings
-from pytest_quant.build.recipes import RecipeSpec, check_shapes, to_modifiers
+from pytest_quant.build.recipes import RecipeSpec
 from pytest_quant.gate.stats import FAIL, PASS, UNDECIDED, decide, judge, look_alpha, plan_looks, sequential
-from pytest_quant.plugin.yaml_items import LlmCompressorConfig, VllmConfig, parse_config
+from pytest_quant.plugin.yaml_items import VllmConfig, parse_config
 
 # -- options ---------------------------------------------------------------------------------
 
@@ -52,14 +50,6 @@ def test_option_lists_and_bad_values() -> None:
 # -- recipes ---------------------------------------------------------------------------------
 
 
-class Tiny(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q_proj = torch.nn.Linear(576, 576)
-        self.down_proj = torch.nn.Linear(1536, 576)
-        self.lm_head = torch.nn.Linear(576, 100)
-
-
 def test_recipe_validation() -> None:
     with pytest.raises(QuantUsageError, match="unknown scheme 'W3A3'"):
         RecipeSpec("W3A3")
@@ -72,34 +62,6 @@ def test_recipe_validation() -> None:
     with pytest.raises(QuantUsageError, match="dampening_frac"):
         RecipeSpec("W4A16", dampening_frac=2)
     assert RecipeSpec("W4A16", ignore=("re:.*gate.*",)).ignore == ("lm_head", "re:.*gate.*")
-
-
-def test_group_size_that_does_not_divide_is_refused_with_advice() -> None:
-    with pytest.raises(QuantUsageError) as e:
-        check_shapes(Tiny(), RecipeSpec("W4A16"))
-    msg = str(e.value)
-    assert "q_proj (576)" in msg and "group_size=64" in msg and "auto" in msg
-    assert "lm_head" not in msg
-    assert check_shapes(Tiny(), RecipeSpec("W4A16", group_size="auto")).group_size == 64
-    assert check_shapes(Tiny(), RecipeSpec("W4A16", group_size=32)).group_size == 32
-    assert check_shapes(Tiny(), RecipeSpec("W8A8")).effective_group_size is None
-    with pytest.raises(QuantUsageError, match="quantizes no layer"):
-        check_shapes(Tiny(), RecipeSpec("W4A16", ignore=("re:.*",)))
-
-
-def test_recipes_map_to_the_guides_modifiers() -> None:
-    (gptq,) = to_modifiers(RecipeSpec("W4A16", group_size=64, actorder="group", dampening_frac=0.05))
-    w = gptq.config_groups["group_0"].weights
-    assert (w.num_bits, w.group_size, w.strategy, w.symmetric) == (4, 64, "group", True)
-    assert gptq.ignore == ["lm_head"] and gptq.dampening_frac == 0.05 and gptq.actorder == "group"
-    sq, gptq8 = to_modifiers(RecipeSpec("W8A8"))
-    assert type(sq).__name__ == "SmoothQuantModifier" and sq.smoothing_strength == 0.8
-    g = gptq8.config_groups["group_0"]
-    assert (g.weights.num_bits, g.weights.strategy) == (8, "channel")
-    assert (g.input_activations.num_bits, g.input_activations.strategy, g.input_activations.dynamic) == (8, "token", True)
-
-
-# -- gates -----------------------------------------------------------------------------------
 
 
 def verdict(metric: str, t: Threshold, q: list, b: list | None = None, alpha: float = 0.05) -> str:
@@ -205,35 +167,6 @@ def test_skip_table() -> None:
 
 # -- YAML configs ----------------------------------------------------------------------------
 
-# llm-compressor's tests/lmeval/configs/w4a16_gptq.yaml, as upstream writes it.
-UPSTREAM_LLMC = """cadence: "weekly"
-model: meta-llama/Meta-Llama-3-8B-Instruct
-scheme: W4A16
-dataset_id: perfectblend
-quant_type: "GPTQ"
-lmeval:
-  recovery_threshold:
-    exact_match,strict-match: 0.94
-    exact_match,flexible-extract: 0.94
-  metrics:
-    exact_match,flexible-extract: 0.72
-    exact_match,strict-match: 0.72
-"""
-
-
-def test_upstream_llmcompressor_config_is_accepted_with_its_defaults(tmp_path, monkeypatch) -> None:
-    import yaml
-
-    (tmp_path / "openai___gsm8k").mkdir()  # a machine with gsm8k in its datasets cache
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
-    check_available.cache_clear()
-    c = parse_config(yaml.safe_load(UPSTREAM_LLMC))
-    assert isinstance(c, LlmCompressorConfig)
-    assert (c.lmeval.task, c.lmeval.num_fewshot, c.lmeval.limit, c.lmeval.model) == ("gsm8k", 5, 1000, "vllm")
-    assert c.lmeval.recovery_threshold == {"exact_match,strict-match": 0.94, "exact_match,flexible-extract": 0.94}
-    assert c.num_calibration_samples == 512 and c.max_seq_length == 2048
-
-
 def test_an_llmcompressor_config_silent_on_dtype_leaves_it_to_the_backend() -> None:
     """Upstream's bfloat16 default is emulated on a CPU without bf16: unset, the backend's dtype for the device
     applies (as for markers); a dtype the config names is passed on."""
@@ -245,19 +178,6 @@ def test_an_llmcompressor_config_silent_on_dtype_leaves_it_to_the_backend() -> N
     assert dict(_engine(parse_config(named)))["dtype"] == "bfloat16"
     earlier = {**base, "lmeval": {"task": "quant_facts", "model_args": {"dtype": "float16"}}}
     assert dict(_engine(parse_config(earlier)))["dtype"] == "float16"
-
-
-def test_an_upstream_config_whose_data_needs_the_hub_is_refused_offline_naming_the_dataset(tmp_path, monkeypatch) -> None:
-    """Issue 18: llm-compressor's w4a16_gptq.yaml offline ended in INTERNALERROR after 33 s of retries."""
-    import yaml
-
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    check_available.cache_clear()  # an earlier test's answer for a machine with the data cached
-    with pytest.raises(QuantUsageError, match=r"lmeval.task: task 'gsm8k' reads dataset 'openai/gsm8k' \(config 'main'\) "
-                                              r"from the Hugging Face Hub.*HF_DATASETS_OFFLINE=1.*bundled task"):
-        parse_config(yaml.safe_load(UPSTREAM_LLMC))
 
 
 def test_vllm_format_defaults_to_rtol_0_08() -> None:
@@ -363,7 +283,7 @@ def test_hub_model_without_network_is_one_clear_error(monkeypatch: pytest.Monkey
         materialize(resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct"), Store(tmp_path / "s"))
 
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def test_shipped_fixture_configs_parse() -> None:
@@ -375,7 +295,7 @@ def test_shipped_fixture_configs_parse() -> None:
         parse_config(yaml.safe_load((FIXTURES / "quant_malformed.yaml").read_text()))
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RECORDED = ROOT / "tests" / "recorded"
 
 

@@ -43,7 +43,7 @@ def _scaling() -> Any:
     """scripts/gpu/scaling.py as a module: its random models of real architectures and its timing with GPU peaks."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("scaling", Path(__file__).parents[1] / "scripts/gpu/scaling.py")
+    spec = importlib.util.spec_from_file_location("scaling", Path(__file__).parents[2] / "scripts/gpu/scaling.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -14,8 +14,7 @@ import pytest
 
 from pytest_quant.infra.store import Store
 
-pytestmark = pytest.mark.e2e
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 OFFLINE = ["--quant-calibration", "bundled", "--quant-num-samples", "32", "--quant-max-seq-length", "256",
            "--quant-group-size", "auto"]
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "downstream"
-pytestmark = pytest.mark.e2e
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "downstream"
 
 
 def run_example(tmp_path: Path, recovery: str | None = None) -> subprocess.CompletedProcess:

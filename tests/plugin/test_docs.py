@@ -12,7 +12,7 @@ from pytest_quant.session.markers import OPTION_ARGS, PARSERS, RequiresSpec
 from pytest_quant.session.settings import OPTIONS
 from pytest_quant.plugin.yaml_items import LlmCompressorConfig, LmEvalConfig, VllmConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "REFERENCE.md").read_text()
 
 

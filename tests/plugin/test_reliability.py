@@ -1,7 +1,7 @@
 """Faults and bad input around evaluation: crashes, time-outs, broken interpreters, concurrency, secrets.
 
 The vLLM interpreter is replaced by a small script here so that these run in seconds; the real vLLM
-path is exercised by tests/test_e2e_eval.py.
+path is exercised by tests/e2e/test_e2e_eval.py.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def test_yaml_is_loaded_safely(pytester: pytest.Pytester) -> None:
 
 
 def test_no_shell_and_no_remote_code_by_default() -> None:
-    src = "".join(p.read_text() for p in (Path(__file__).parent.parent / "pytest_quant").rglob("*.py"))
+    src = "".join(p.read_text() for p in (Path(__file__).parents[2] / "pytest_quant").rglob("*.py"))
     assert "shell=True" not in src and "os.system" not in src and "os.popen" not in src
     assert not re.search(r"trust_remote_code\s*=\s*True", src)
     from pytest_quant.evaluate.evaluator import model_args

@@ -18,9 +18,8 @@ from pytest_quant.build.models import materialize, resolve_model
 from pytest_quant.build.recipes import RecipeSpec
 from pytest_quant.infra.store import Store
 
-from .conftest import CI_CALIBRATION, MODEL
+from ..conftest import CI_CALIBRATION, MODEL
 
-pytestmark = pytest.mark.e2e
 RUNS = {EvalRun("quant_facts"): list(range(40)), EvalRun("quant_facts", add_bos_token=False): list(range(40)),
         EvalRun("quant_arith"): list(range(10)), EvalRun("quant_text"): list(range(5))}
 KERNELS = {"W4A16": "CPUWNA16LinearKernel", "W8A8": "CPUInt8ScaledMMLinearKernel"}
@@ -138,7 +137,7 @@ def test_another_install_and_a_moved_store_hit_the_same_entries(checkpoints, tmp
 
     other = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    str(other), str(Path(__file__).resolve().parents[1])], check=True, timeout=300,
+                    str(other), str(Path(__file__).resolve().parents[2])], check=True, timeout=300,
                    capture_output=True)
     code = ("import json, sys; from pathlib import Path; import pytest_quant\n"
             "from pytest_quant.evaluate.evaluator import EvalRun, evaluate; from pytest_quant.infra.store import Store\n"

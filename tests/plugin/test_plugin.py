@@ -1,6 +1,6 @@
 """The plugin through pytester: options, parametrization, markers, verdicts, skips, reports, baselines, YAML.
 
-Builds and evaluations are replaced by canned per-item results here (tests/fake_pipeline.py) so that these tests check
+Builds and evaluations are replaced by canned per-item results here (tests/plugin/fake_pipeline.py) so that these tests check
 the plugin's own logic in seconds; tests/test_e2e_*.py run the real pipeline.
 """
 
@@ -34,7 +34,7 @@ def test_bos(quantized_checkpoint):
 
 @pytest.fixture
 def fake(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A pytester directory whose runs build and evaluate nothing (tests/fake_pipeline.py)."""
+    """A pytester directory whose runs build and evaluate nothing (tests/plugin/fake_pipeline.py)."""
     for name in ("QUANT_VLLM_PYTHON", "QUANT_CACHE_DIR", "QUANT_BACKEND"):
         monkeypatch.delenv(name, raising=False)
     for name, value in fake_pipeline.PATCHES.items():

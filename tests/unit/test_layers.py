@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,7 +65,21 @@ def test_every_module_is_in_a_layer() -> None:
 
 
 def test_old_module_paths_are_the_new_modules() -> None:
-    import importlib
+    """In a process of its own: build/batching.py imports torch, which this tier does not."""
+    code = ("import importlib, pytest_quant\n"
+            "for old, new in pytest_quant.MOVED.items():\n"
+            "    assert importlib.import_module(f'pytest_quant.{old}') is importlib.import_module(f'pytest_quant.{new}'), old\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
 
-    for old, new in pytest_quant.MOVED.items():
-        assert importlib.import_module(f"pytest_quant.{old}") is importlib.import_module(f"pytest_quant.{new}"), old
+def test_the_unit_tier_imports_no_torch() -> None:
+    """tests/unit runs without torch, transformers, llm-compressor or vLLM imported (in a fresh process)."""
+    code = ("import sys, pytest\n"
+            "code = pytest.main(['tests/unit', '-q', '-p', 'no:cacheprovider', '-p', 'no:xdist', '-p', 'no:randomly',\n"
+            "                    '-k', 'not imports_no_torch'])\n"
+            "heavy = [m for m in ('torch', 'transformers', 'llmcompressor', 'vllm') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\n"
+            "sys.exit(code or 3 * bool(heavy))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "HEAVY []" in p.stdout

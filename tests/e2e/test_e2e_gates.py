@@ -18,9 +18,8 @@ from pytest_quant.build.checkpoint import Checkpoint, build_checkpoint
 from pytest_quant.build.recipes import RecipeSpec
 from pytest_quant.infra.store import Store
 
-from .conftest import CI_CALIBRATION, MODEL
+from ..conftest import CI_CALIBRATION, MODEL
 
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="session")
