@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 from pytest_quant.infra.errors import QuantUsageError
-from pytest_quant.gate.stats import FAIL, PASS, UNDECIDED, Decision, decide, mean_se
+from pytest_quant.gate.stats import Decision, decide, mean_se, overall
 from pytest_quant.evaluate.tasks import Value, higher_is_better
 
 BOUNDED = ("acc", "exact_match", "acc_norm", "agreement", "f1", "mcc", "bleu")
@@ -185,11 +185,9 @@ class Verdict:
 
 
 def combine(scores: dict[str, list[float]], alpha: float) -> Verdict:
-    """One verdict for several bounds: FAIL if any fails, PASS if all pass, else UNDECIDED."""
+    """One verdict for several bounds (stats.overall)."""
     decisions = {name: decide(s, alpha) for name, s in scores.items()}
-    verdicts = {d.verdict for d in decisions.values()}
-    verdict = FAIL if FAIL in verdicts else PASS if verdicts == {PASS} else UNDECIDED
-    return Verdict(verdict, decisions)
+    return Verdict(overall(d.verdict for d in decisions.values()), decisions)
 
 
 def isclose(measured: float, expected: float, rtol: float) -> bool:

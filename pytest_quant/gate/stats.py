@@ -19,9 +19,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterable, Sequence, TypeVar
 
 PASS, FAIL, UNDECIDED = "PASS", "FAIL", "UNDECIDED"
+
+
+def overall(verdicts: Iterable[str]) -> str:
+    """One verdict for several: FAIL if any fails, PASS if all pass, else UNDECIDED (the rule, written once)."""
+    seen = set(verdicts)
+    return FAIL if FAIL in seen else PASS if seen == {PASS} else UNDECIDED
 SPENDING_POWER = 3.0
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from pytest_quant.session.markers import AccuracySpec, BosSpec
 from pytest_quant.gate.power import items_to_decide
 from pytest_quant.gate.verdict import GateRow, verdict_outcome
 from pytest_quant.session.session import Case, QuantSession, Target
-from pytest_quant.gate.stats import FAIL, PASS, UNDECIDED, decide, sequential
+from pytest_quant.gate.stats import FAIL, PASS, UNDECIDED, overall as overall_verdict, sequential
 from pytest_quant.evaluate.tasks import higher_is_better, lm_eval_version, task_digest, task_size
 
 POWER = 0.8  # the share of runs that should decide, in the UNDECIDED hint
@@ -150,8 +150,7 @@ def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: s
     recovery = _recovery(metric, q, base) if base is not None else None
     head = f"{metric} = {q:.4f} ± {se:.4f} (n={n})" + (f", base {base:.4f}, recovery {recovery:.3f}"
                                                         if base is not None and recovery is not None else "")
-    verdicts = [verdict.verdict, *extra_verdicts]
-    overall = FAIL if FAIL in verdicts else PASS if set(verdicts) == {PASS} else UNDECIDED
+    overall = overall_verdict([verdict.verdict, *extra_verdicts])
     notes, numerics = _measured(session, scheme, got["q"], got.get("b"))
     return GateRow(model, scheme, run.task, metric, overall, _resolve(session, overall),
                    "; ".join([f"{head}; {_summary(verdict, n, taken)}{got['to_decide'][1]}", *extra_messages, *notes]),
@@ -279,11 +278,9 @@ def run_fidelity(session: QuantSession, case: Case) -> GateRow:
     s = session.settings
     f = session.fidelity(case)
     max_kl, min_top1, alpha = s.get("max_kl"), s.get("min_top1"), s.get("alpha")
-    decisions = {f"max_kl {max_kl:g}": decide([max_kl - x for x in f["per_prompt_kl"]], alpha),
-                 f"min_top1 {min_top1:g}": decide([x - min_top1 for x in f["per_prompt_top1"]], alpha)}
-    verdicts = {d.verdict for d in decisions.values()}
-    overall = FAIL if FAIL in verdicts else PASS if verdicts == {PASS} else UNDECIDED
-    v = Verdict(overall, decisions)
+    v = combine({f"max_kl {max_kl:g}": [max_kl - x for x in f["per_prompt_kl"]],
+                 f"min_top1 {min_top1:g}": [x - min_top1 for x in f["per_prompt_top1"]]}, alpha)
+    overall, decisions = v.verdict, v.decisions
     message = (f"KL {f['kl']:.4f} (max {max_kl:g}), top-1 agreement {f['top1_agreement']:.4f} (min {min_top1:g}) "
                f"over {f['prompts']} prompts, {f['tokens']} tokens; {_summary(v, f['prompts'], 1)}")
     return GateRow(case.model, case.scheme, "fidelity", "kl", overall, _resolve(session, overall), message,
