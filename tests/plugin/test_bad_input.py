@@ -1,7 +1,9 @@
 """Every bad value a user can type: exit 4 (a usage error) and one line that names it, never a traceback.
 
 Each case runs a real pytest session (no fakes: the configure-time checks, the vLLM probe and the store are
-the real ones) on a one-test project; docs/RELIABILITY.md lists the same table.
+the real ones) on a one-test project, in this process; the cases in ``SUBPROCESS`` run in a new interpreter, as a
+user's command line does (and as the hub libraries need, which read their offline switches once, at import).
+docs/RELIABILITY.md lists the same table.
 """
 
 from __future__ import annotations
@@ -123,9 +125,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, env, ini, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_value_is_exit_4_and_one_line(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str],
-                                          env: dict[str, str], ini: str, message: str) -> None:
+SUBPROCESS = {"limit-negative", "env-limit", "ini-alpha", "vllm-python-broken", "hub-model-offline"}
+
+
+@pytest.mark.parametrize("case, args, env, ini, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_value_is_exit_4_and_one_line(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, case: str,
+                                          args: list[str], env: dict[str, str], ini: str, message: str) -> None:
     for name in ("QUANT_VLLM_PYTHON", "QUANT_CACHE_DIR", "QUANT_BACKEND"):
         monkeypatch.delenv(name, raising=False)
     files = setup_files(pytester.path)
@@ -138,7 +143,8 @@ def test_bad_value_is_exit_4_and_one_line(pytester: pytest.Pytester, monkeypatch
         monkeypatch.setenv(k, v.format(**files))
     pytester.makeini(f"[pytest]\n{ini}\n")
     pytester.makepyfile(test_a=TEST)
-    r = pytester.runpytest_subprocess(*[a.format(**files) for a in args])
+    argv = [a.format(**files) for a in args]
+    r = pytester.runpytest_subprocess(*argv) if case in SUBPROCESS else pytester.runpytest_inprocess(*argv)
     err = r.stderr.str()
     assert r.ret == pytest.ExitCode.USAGE_ERROR, r.stdout.str() + err
     lines = [line for line in err.splitlines() if line.strip()]
