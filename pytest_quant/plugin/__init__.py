@@ -26,7 +26,7 @@ from pytest_quant.plugin.report import passed, table, write_report, write_summar
 from pytest_quant.plugin.summary import flip_lines
 from pytest_quant.plugin.rows import RowCollector, conclude, error_row, mark_quant_item
 from pytest_quant.session.session import Case, QuantSession
-from pytest_quant.plugin.stash import BASELINE, COLLECTOR, REFUSED, SESSION, SPECS
+from pytest_quant.plugin.stash import BASELINE, COLLECTOR, PLANS, REFUSED, SESSION, SPECS
 from pytest_quant.evaluate.tasks import check_metric, primary_metric
 
 CASE_FIXTURES = {"quant_case", "quantized_checkpoint", "quant_scheme", "quant_recipe"}
@@ -268,12 +268,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             if case is None or specs is None:
                 continue
             qs.check_build(case)  # the model can be had and the recipe fits its layers: a usage error if not
-            for spec in specs["quant_accuracy"]:
-                gate_runs.plan_accuracy(qs, spec, case)
-            for spec in specs["quant_bos"]:
-                gate_runs.plan_bos(qs, spec, case)
+            item.stash[PLANS] = _plans(qs, specs, case)
     except QuantError as e:
         _refuse(config, str(e))
+
+
+def _plans(qs: QuantSession, specs: dict[str, list[Any]], case: Case) -> dict[str, list[gate_runs.GatePlan]]:
+    """The gate plans of an item's markers (at collection finish; at its run for an item planned no earlier)."""
+    return {"quant_accuracy": [gate_runs.plan_accuracy(qs, spec, case) for spec in specs["quant_accuracy"]],
+            "quant_bos": [gate_runs.plan_bos(qs, spec, case) for spec in specs["quant_bos"]]}
 
 
 @pytest.hookimpl(wrapper=True)
@@ -285,9 +288,11 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         return result
     qs = _session(item.config)
     try:
+        plans = item.stash.get(PLANS, None) or _plans(qs, specs, case)
         ck = item.funcargs.get("quantized_checkpoint") or qs.checkpoint(case)
-        rows = [gate_runs.run_accuracy(qs, s, case, ck, item.config.stash[BASELINE]) for s in specs["quant_accuracy"]]
-        rows += [gate_runs.run_bos(qs, s, case, ck) for s in specs["quant_bos"]]
+        rows = [gate_runs.run_accuracy(qs, s, p, case, ck, item.config.stash[BASELINE])
+                for s, p in zip(specs["quant_accuracy"], plans["quant_accuracy"])]
+        rows += [gate_runs.run_bos(qs, s, p, case, ck) for s, p in zip(specs["quant_bos"], plans["quant_bos"])]
     except QuantError as e:
         pytest.fail(f"pytest-quant: {e}", pytrace=False)
     conclude(item, rows, qs.settings.get("undecided"))

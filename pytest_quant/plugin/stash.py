@@ -12,5 +12,6 @@ SESSION = pytest.StashKey[QuantSession]()
 BASELINE = pytest.StashKey["Baseline | None"]()
 COLLECTOR = pytest.StashKey[RowCollector]()
 SPECS = pytest.StashKey[dict]()  # an item's parsed markers, from collection to its run
+PLANS = pytest.StashKey[dict]()  # an item's gate plans (gate_runs.GatePlan), from collection finish to its run
 
 REFUSED = pytest.StashKey[Exception]()  # why the session could not start, for collection to refuse the run with

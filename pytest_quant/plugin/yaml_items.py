@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pytest_quant.infra.errors import QuantError, QuantUsageError
 from pytest_quant.gate.scores import Threshold, aggregate, isclose
-from pytest_quant.session.gate_runs import yaml_recovery
+from pytest_quant.session.gate_runs import GatePlan, plan_yaml, yaml_recovery
 from pytest_quant.infra.hardware import why_skip
 from pytest_quant.gate.verdict import GateRow
 from pytest_quant.plugin.rows import conclude
@@ -341,6 +341,7 @@ class LlmCompressorItem(QuantYamlItem):
         super().__init__(**kwargs)
         self.threshold = threshold
         self.quant_model, self.quant_scheme = self.spec.model, self.spec.scheme
+        self._plan: GatePlan | None = None
 
     @property
     def marker(self) -> dict[str, Any]:
@@ -375,13 +376,11 @@ class LlmCompressorItem(QuantYamlItem):
         bos = (lm.model_args or {}).get("add_bos_token", lm.add_bos_token)
         return self.qs.run(self.task, self.marker, bool(bos), lm.apply_chat_template, lm.fewshot_as_multiturn)
 
-    def plan(self, qs: Any) -> None:
-        from pytest_quant.session.session import Target
-
-        ids = qs.order(self.task, self.marker)[:qs.looks(self.task, self.marker)[0]]
-        target = self.case_target()
-        qs.plan(target, self.run(), ids)
-        qs.plan(Target(target.model, gpus=target.gpus, engine=target.engine, backend=target.backend), self.run(), ids)
+    def plan(self, qs: Any) -> GatePlan:
+        """The gate's plan, made once (at collection finish)."""
+        if self._plan is None:
+            self._plan = plan_yaml(qs, self.case_target(), self.run(), self.marker)
+        return self._plan
 
     def _cadence(self) -> None:
         cadence, wanted = self.spec.cadence, os.environ.get("CADENCE")
@@ -398,8 +397,7 @@ class LlmCompressorItem(QuantYamlItem):
             pytest.skip(f"the checkpoint given ({target.scheme}) is not this config's scheme {c.scheme}")
         self.skip_if_unsupported(c.scheme, max(dict(target.gpus).values()),
                                  c.lmeval.model if "model" in c.lmeval.model_fields_set else None)
-        row = self.evaluate(lambda: yaml_recovery(self.qs, target, self.run(), self.metric, self.threshold,
-                                                  self.marker))
+        row = self.evaluate(lambda: yaml_recovery(self.qs, self.plan(self.qs), self.metric, self.threshold))
         expected = (c.lmeval.metrics or {}).get(self.metric)
         if expected is not None and row.quantized is not None and row.quantized < expected * 0.95:
             note = (f"{self.metric} {row.quantized:.4f} is below the expected {expected:.4f} (-5%): a warning, "

@@ -7,8 +7,10 @@ up to ``max_items``), each look at its share of ``alpha`` (:mod:`.stats`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from pytest_quant.gate.baseline import Baseline
 from pytest_quant.build.checkpoint import Checkpoint
@@ -38,31 +40,55 @@ def targets(session: QuantSession, case: Case) -> tuple[Target, Target]:
     return Target.of(case, backend=backend), Target(case.model, backend=backend)
 
 
-def plan_accuracy(session: QuantSession, spec: AccuracySpec, case: Case) -> None:
-    """Ask for the first look's items now, so that one model load serves every test's first look."""
-    ids = session.order(spec.task, spec.marker)[:session.looks(spec.task, spec.marker)[0]]
-    run = _run(session, spec, spec.add_bos_token)
-    quantized, base = targets(session, case)
-    session.plan(quantized, run, ids)
-    if spec.threshold.needs_base:
-        session.plan(base, run, ids)
+@dataclass(frozen=True)
+class GatePlan:
+    """One gate's evaluations, fixed once (at collection finish) and handed to its run: the runs, the items in the
+    order the gate draws them, the looks, alpha, the quantized target and the base (one backend, so their items
+    pair) with the runs the base is needed on (none when no bound compares with it)."""
+    runs: tuple[EvalRun, ...]
+    order: tuple[int, ...]
+    looks: tuple[int, ...]
+    alpha: float
+    quantized: Target
+    base: Target
+    base_runs: tuple[EvalRun, ...]
+
+    def first(self) -> list[int]:
+        return list(self.order[:self.looks[0]])
+
+    def on(self, quantized: Target) -> "GatePlan":
+        """The same plan on another quantized target (a checkpoint a fixture gave the test)."""
+        return dataclasses.replace(self, quantized=quantized)
 
 
-def plan_bos(session: QuantSession, spec: BosSpec, case: Case) -> None:
-    ids = session.order(spec.task, spec.marker)[:session.looks(spec.task, spec.marker)[0]]
-    quantized, base = targets(session, case)
-    for run in bos_runs(session, spec):
-        session.plan(quantized, run, ids)
-        if spec.max_extra_loss is not None:
-            session.plan(base, run, ids)
+def plan_gate(session: QuantSession, task: str, marker: dict[str, Any], runs: Sequence[EvalRun], quantized: Target,
+              base: Target, needs_base: bool) -> GatePlan:
+    """The gate's plan; its first look's items are asked for now, so that one model load serves every test's."""
+    plan = GatePlan(tuple(runs), tuple(session.order(task, marker)), tuple(session.looks(task, marker)),
+                    session.settings.get("alpha", marker), quantized, base, tuple(runs) if needs_base else ())
+    for run in plan.runs:
+        session.plan(quantized, run, plan.first())
+    for run in plan.base_runs:
+        session.plan(base, run, plan.first())
+    return plan
 
 
-def target_for(session: QuantSession, case: Case, ck: Checkpoint) -> Target:
-    """The target to evaluate: the case's, or the checkpoint the test received when a fixture replaced it."""
-    own = targets(session, case)[0]
+def plan_accuracy(session: QuantSession, spec: AccuracySpec, case: Case) -> GatePlan:
+    return plan_gate(session, spec.task, spec.marker, [_run(session, spec, spec.add_bos_token)],
+                     *targets(session, case), spec.threshold.needs_base)
+
+
+def plan_bos(session: QuantSession, spec: BosSpec, case: Case) -> GatePlan:
+    return plan_gate(session, spec.task, spec.marker, bos_runs(session, spec), *targets(session, case),
+                     spec.max_extra_loss is not None)
+
+
+def for_checkpoint(session: QuantSession, plan: GatePlan, case: Case, ck: Checkpoint) -> GatePlan:
+    """``plan``, or the same plan on the checkpoint the test received where a fixture replaced the case's."""
+    own = plan.quantized
     if session.build(own).path == ck.path:
-        return own
-    return Target(case.model, case.scheme, checkpoint=str(ck.path), backend=own.backend)
+        return plan
+    return plan.on(Target(case.model, case.scheme, checkpoint=str(ck.path), backend=own.backend))
 
 
 def _point(metric: str, values: list[Any]) -> float:
@@ -103,28 +129,26 @@ def to_decide(verdict: Verdict, first: int, alpha: float, available: int | None,
     return n, text
 
 
-def gate(session: QuantSession, q_target: Target, b_target: Target, run: EvalRun, metric: str, t: Threshold,
-         marker: dict[str, Any], extra: Callable[[list[int], list[Any]], dict[str, list[float]]] | None = None
+def gate(session: QuantSession, plan: GatePlan, run: EvalRun, metric: str, t: Threshold,
+         extra: Callable[[list[int], list[Any]], dict[str, list[float]]] | None = None
          ) -> tuple[Verdict, int, int, dict[str, Any]]:
     """Decide ``t`` (and the bounds ``extra`` scores on the quantized values, e.g. a paired baseline) on ``run``
-    with looks: (verdict, items used, looks, the last look's results)."""
-    order, looks = session.order(run.task, marker), session.looks(run.task, marker)
+    with the plan's looks: (verdict, items used, looks, the last look's results)."""
     got: dict[str, Any] = {}
 
     def at(n: int, alpha: float) -> Verdict:
-        ids = got["ids"] = order[:n]
-        got["q"] = session.items(q_target, run, ids)
+        ids = got["ids"] = list(plan.order[:n])
+        got["q"] = session.items(plan.quantized, run, ids)
         got["qv"] = got["q"].values(metric, ids)
-        got["b"] = session.items(b_target, run, ids) if t.needs_base else None
+        got["b"] = session.items(plan.base, run, ids) if t.needs_base else None
         got["bv"] = got["b"].values(metric, ids) if got["b"] is not None else None
         scores = bound_scores(metric, t, got["qv"], got["bv"])
         if extra is not None:
             scores.update(extra(ids, got["qv"]))
         return combine(scores, alpha)
 
-    alpha = session.settings.get("alpha", marker)
-    verdict, n, taken = sequential(at, looks, alpha, lambda v: v.verdict)
-    got["to_decide"] = to_decide(verdict, looks[0], alpha, task_size(run.task))
+    verdict, n, taken = sequential(at, list(plan.looks), plan.alpha, lambda v: v.verdict)
+    got["to_decide"] = to_decide(verdict, plan.looks[0], plan.alpha, task_size(run.task))
     return verdict, n, taken, got
 
 
@@ -142,7 +166,7 @@ def answers(ids: list[int], **results: Any) -> dict[str, list[Any]]:
 
 
 def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: str, t: Threshold,
-         marker: dict[str, Any], outcome: tuple[Verdict, int, int, dict[str, Any]], extra_verdicts: list[str],
+         alpha: float, outcome: tuple[Verdict, int, int, dict[str, Any]], extra_verdicts: list[str],
          extra_messages: list[str], **fields: Any) -> GateRow:
     verdict, n, taken, got = outcome
     q, se = aggregate(metric, got["qv"])
@@ -154,7 +178,7 @@ def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: s
     notes, numerics = _measured(session, scheme, got["q"], got.get("b"))
     return GateRow(model, scheme, run.task, metric, overall, _resolve(session, overall),
                    "; ".join([f"{head}; {_summary(verdict, n, taken)}{got['to_decide'][1]}", *extra_messages, *notes]),
-                   t.describe() + f", alpha={session.settings.get('alpha', marker):g}", q, base, recovery, n, taken,
+                   t.describe() + f", alpha={alpha:g}", q, base, recovery, n, taken,
                    got["q"].backend, eval_seconds=got["q"].seconds,
                    extra={"stderr": se, "versions": got["q"].versions, "items_to_decide": got["to_decide"][0],
                           "numerics": numerics,
@@ -165,16 +189,15 @@ def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: s
                    **fields)
 
 
-def run_accuracy(session: QuantSession, spec: AccuracySpec, case: Case, ck: Checkpoint,
+def run_accuracy(session: QuantSession, spec: AccuracySpec, plan: GatePlan, case: Case, ck: Checkpoint,
                  baseline: Baseline | None) -> GateRow:
-    marker, metric = spec.marker, spec.metric
-    run = _run(session, spec, spec.add_bos_token)
+    marker, metric, run = spec.marker, spec.metric, plan.runs[0]
+    plan = for_checkpoint(session, plan, case, ck)
     key = "|".join([case.model, case.scheme, spec.task, metric, f"bos={run.add_bos_token}"])
     digest = task_digest(spec.task, lm_eval_version())
     rtol = session.settings.get("baseline_rtol")
     scorer, why = baseline.paired(key, metric, rtol, digest) if baseline is not None else (None, "")
-    outcome = gate(session, target_for(session, case, ck), targets(session, case)[1], run, metric, spec.threshold,
-                   marker, scorer)
+    outcome = gate(session, plan, run, metric, spec.threshold, scorer)
     n, got = outcome[1], outcome[3]
     settings = {"num_fewshot": run.num_fewshot, "items": n, "item_seed": session.settings.get("item_seed", marker),
                 "add_bos_token": run.add_bos_token, "apply_chat_template": run.apply_chat_template,
@@ -182,23 +205,26 @@ def run_accuracy(session: QuantSession, spec: AccuracySpec, case: Case, ck: Chec
     verdicts, messages = [], []
     if baseline is not None:
         q, se = aggregate(metric, got["qv"])
-        b_verdict, text = baseline.compare(key, metric, q, se, settings, got["q"].versions, rtol,
-                                           session.settings.get("alpha", marker), got["q"].machine,
-                                           paired=scorer is not None, why=why)
+        b_verdict, text = baseline.compare(key, metric, q, se, settings, got["q"].versions, rtol, plan.alpha,
+                                           got["q"].machine, paired=scorer is not None, why=why)
         messages.append(text)
         verdicts += [b_verdict] if b_verdict else []
-    return _row(session, case.model, case.scheme, run, metric, spec.threshold, marker, outcome, verdicts, messages,
+    return _row(session, case.model, case.scheme, run, metric, spec.threshold, plan.alpha, outcome, verdicts, messages,
                 key=key, build_seconds=ck.manifest.get("seconds"),
                 extra={"settings": settings, "task_digest": digest, "machine": got["q"].machine,
                        "baseline_comparison": None if baseline is None else "paired" if scorer else "unpaired"})
 
 
-def yaml_recovery(session: QuantSession, target: Target, run: EvalRun, metric: str, t: Threshold,
-                  marker: dict[str, Any]) -> GateRow:
+def plan_yaml(session: QuantSession, target: Target, run: EvalRun, marker: dict[str, Any]) -> GatePlan:
     """An llm-compressor config's recovery gate: ``target`` against its base model, paired."""
     base = Target(target.model, gpus=target.gpus, engine=target.engine, backend=target.backend)
-    outcome = gate(session, target, base, run, metric, t, marker)
-    return _row(session, target.model, target.scheme or "-", run, metric, t, marker, outcome, [], [])
+    return plan_gate(session, run.task, marker, [run], target, base, True)
+
+
+def yaml_recovery(session: QuantSession, plan: GatePlan, metric: str, t: Threshold) -> GateRow:
+    outcome = gate(session, plan, plan.runs[0], metric, t)
+    target = plan.quantized
+    return _row(session, target.model, target.scheme or "-", plan.runs[0], metric, t, plan.alpha, outcome, [], [])
 
 
 def _bos_structure(counts_on: dict[str, int], counts_off: dict[str, int]) -> list[str]:
@@ -213,15 +239,14 @@ def _bos_structure(counts_on: dict[str, int], counts_off: dict[str, int]) -> lis
     return failures
 
 
-def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) -> GateRow:
-    marker, metric = spec.marker, spec.metric
-    on, off = bos_runs(session, spec)
-    q_target, b_target = target_for(session, case, ck), targets(session, case)[1]
-    order, looks = session.order(spec.task, marker), session.looks(spec.task, marker)
+def run_bos(session: QuantSession, spec: BosSpec, plan: GatePlan, case: Case, ck: Checkpoint) -> GateRow:
+    metric, (on, off) = spec.metric, plan.runs
+    plan = for_checkpoint(session, plan, case, ck)
+    q_target, b_target = plan.quantized, plan.base
     got: dict[str, Any] = {}
 
     def at(n: int, alpha: float) -> Verdict:
-        ids = got["ids"] = order[:n]
+        ids = got["ids"] = list(plan.order[:n])
         got["q_on"], got["q_off"] = (session.items(q_target, r, ids) for r in (on, off))
         got["qv"] = [got[k].values(metric, ids) for k in ("q_on", "q_off")]
         scores: dict[str, list[float]] = {}
@@ -234,9 +259,8 @@ def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) ->
                                                                                 *got["bv"])
         return combine(scores, alpha) if scores else Verdict(PASS)
 
-    alpha = session.settings.get("alpha", marker)
-    verdict, n, taken = sequential(at, looks, alpha, lambda v: v.verdict)
-    needed, hint = to_decide(verdict, looks[0], alpha, task_size(spec.task))
+    verdict, n, taken = sequential(at, list(plan.looks), plan.alpha, lambda v: v.verdict)
+    needed, hint = to_decide(verdict, plan.looks[0], plan.alpha, task_size(spec.task))
     structure = _bos_structure(got["q_on"].bos_prefix_counts, got["q_off"].bos_prefix_counts)
     with_bos, without = (_point(metric, v) for v in got["qv"])
     sign = 1 if higher_is_better(metric) else -1
@@ -257,7 +281,7 @@ def run_bos(session: QuantSession, spec: BosSpec, case: Case, ck: Checkpoint) ->
     message = "; ".join([message, *notes])
     return GateRow(case.model, case.scheme, spec.task, metric, overall, _resolve(session, overall), message,
                    f"max_delta={spec.max_delta}, max_extra_loss={spec.max_extra_loss}, "
-                   f"alpha={session.settings.get('alpha', marker):g}", with_bos, None, None, n, taken,
+                   f"alpha={plan.alpha:g}", with_bos, None, None, n, taken,
                    got["q_on"].backend,
                    "|".join([case.model, case.scheme, spec.task, metric, "bos-sensitivity"]),
                    ck.manifest.get("seconds"), got["q_on"].seconds + got["q_off"].seconds,

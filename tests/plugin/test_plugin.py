@@ -471,3 +471,14 @@ def test_the_plugin_is_inert_until_asked(pytester: pytest.Pytester, monkeypatch,
     r = pytester.runpytest_inprocess("-p", "no:randomly")
     assert r.ret == pytest.ExitCode.USAGE_ERROR
     r.stderr.fnmatch_lines(["*QUANT_MAX_ITEMS: bad value 'abc' for max_items*"])
+
+
+def test_each_gate_is_planned_once_at_collection_finish(fake: pytest.Pytester, monkeypatch) -> None:
+    """A gate's item order, looks and targets are computed once (at collection finish) and handed to its run."""
+    calls = []
+    order = QuantSession.order
+    monkeypatch.setattr(QuantSession, "order", lambda self, *a, **k: calls.append(a) or order(self, *a, **k))
+    fake.makepyfile(test_gates=GATED)
+    r = run(fake, "--quant-scheme", "W8A8")
+    assert sum(r.parseoutcomes().get(k, 0) for k in ("passed", "failed")) == 2
+    assert len(calls) == 2, calls  # one accuracy gate and one BOS gate, each planned once
