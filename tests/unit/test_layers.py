@@ -64,11 +64,28 @@ def test_every_module_is_in_a_layer() -> None:
     assert {p.relative_to(PACKAGE).parts[0] for p in MODULES} == set(ALLOWED)
 
 
+def test_every_package_is_a_regular_package_in_git() -> None:
+    """Each folder of modules has its __init__.py, tracked: a fresh clone without one (a .gitignore pattern once
+    hid build/__init__.py) makes a namespace package that hands out none of the old names and that setuptools'
+    find does not install."""
+    folders = {p.parent for p in MODULES if p.parent != PACKAGE}
+    git = subprocess.run(["git", "ls-files", "--", str(PACKAGE)], capture_output=True, text=True,
+                         cwd=PACKAGE.parent, timeout=60)
+    if git.returncode != 0 or not git.stdout.strip():
+        pytest.skip(f"{PACKAGE} is not in a git checkout")
+    tracked = git.stdout.split()
+    for folder in folders:
+        assert str((folder / "__init__.py").relative_to(PACKAGE.parent)) in tracked, folder
+
+
 def test_old_module_paths_are_the_new_modules() -> None:
     """In a process of its own: build/batching.py imports torch, which this tier does not."""
     code = ("import importlib, pytest_quant\n"
             "for old, new in pytest_quant.MOVED.items():\n"
-            "    assert importlib.import_module(f'pytest_quant.{old}') is importlib.import_module(f'pytest_quant.{new}'), old\n")
+            "    assert importlib.import_module(f'pytest_quant.{old}') is importlib.import_module(f'pytest_quant.{new}'), old\n"
+            "from pytest_quant.build import build_checkpoint, Checkpoint\n"
+            "from pytest_quant.build.checkpoint import build_checkpoint as b, Checkpoint as c\n"
+            "assert (build_checkpoint, Checkpoint) == (b, c)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
 
