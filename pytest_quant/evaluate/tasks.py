@@ -100,7 +100,6 @@ def _metric_names(config: dict[str, Any]) -> set[str]:
     return {m if f == "none" else f"{m},{f}" for m in metrics for f in filters}
 
 
-@lru_cache(maxsize=1)
 @lru_cache(maxsize=None)
 def _manager(task: str) -> Any:
     """lm-eval's task index over the folders of its task files that mention ``task`` (None: no file does, so it is

@@ -56,10 +56,6 @@ class GatePlan:
     def first(self) -> list[int]:
         return list(self.order[:self.looks[0]])
 
-    def on(self, quantized: Target) -> "GatePlan":
-        """The same plan on another quantized target (a checkpoint a fixture gave the test)."""
-        return dataclasses.replace(self, quantized=quantized)
-
 
 def plan_gate(session: QuantSession, task: str, marker: dict[str, Any], runs: Sequence[EvalRun], quantized: Target,
               base: Target, needs_base: bool) -> GatePlan:
@@ -88,7 +84,8 @@ def for_checkpoint(session: QuantSession, plan: GatePlan, case: Case, ck: Checkp
     own = plan.quantized
     if session.build(own).path == ck.path:
         return plan
-    return plan.on(Target(case.model, case.scheme, checkpoint=str(ck.path), backend=own.backend))
+    return dataclasses.replace(plan, quantized=Target(case.model, case.scheme, checkpoint=str(ck.path),
+                                                      backend=own.backend))
 
 
 def _point(metric: str, values: list[Any]) -> float:

