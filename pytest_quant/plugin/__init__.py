@@ -37,6 +37,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_quant.plugin import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
+
+
 def _cache_dir(config: pytest.Config) -> tuple[Path | None, str | None]:
     """pytest's cache directory for the store, or why there is none."""
     cache = getattr(config, "cache", None)
@@ -127,7 +133,8 @@ def _activate(config: pytest.Config) -> QuantSession:
         raise config.stash[REFUSED]
     try:
         settings = Settings.from_pytest(config)
-        qs = QuantSession(settings, *_cache_dir(config))
+        session_class = config.hook.pytest_quant_session_class(config=config) or QuantSession
+        qs = session_class(settings, *_cache_dir(config))
         _validate(settings, qs, config)
     except QuantError as e:
         config.stash[REFUSED] = e

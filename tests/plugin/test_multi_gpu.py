@@ -68,7 +68,7 @@ def test_zero_gpus_is_refused() -> None:
 
 
 def test_checkpoint_tests_skip_when_the_machine_has_too_few_gpus(pytester: pytest.Pytester) -> None:
-    fake_subprocess(pytester)
+    fake = fake_subprocess(pytester)
     pytester.makepyfile(test_big="""
         import pytest
         def test_ck(quantized_checkpoint):
@@ -77,7 +77,7 @@ def test_checkpoint_tests_skip_when_the_machine_has_too_few_gpus(pytester: pytes
         def test_tp():
             pass
     """)
-    r = pytester.runpytest_subprocess("--quant-scheme", "W4A16", "--quant-eval-gpus", "2", "-rs")
+    r = pytester.runpytest_subprocess(*fake, "--quant-scheme", "W4A16", "--quant-eval-gpus", "2", "-rs")
     r.assert_outcomes(skipped=2)
     assert "needs 2 GPUs, found CPU only" in r.stdout.str()
 

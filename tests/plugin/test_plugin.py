@@ -16,8 +16,7 @@ from pytest_quant.session.session import QuantSession
 
 from . import fake_pipeline
 
-FAKE = "import fake_pipeline\nfake_pipeline.install()\n"  # the conftest of subprocess runs
-FAKE_MODULE = (Path(__file__).parent / "fake_pipeline.py").read_text()
+FAKE_MODULE = (Path(__file__).parent / "fake_pipeline.py").read_text()  # for subprocess runs
 
 GATED = """
 import pytest
@@ -34,28 +33,25 @@ def test_bos(quantized_checkpoint):
 
 @pytest.fixture
 def fake(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A pytester directory whose runs build and evaluate nothing (tests/plugin/fake_pipeline.py)."""
+    """A pytester directory for runs that build and evaluate nothing (tests/plugin/fake_pipeline.py)."""
     for name in ("QUANT_VLLM_PYTHON", "QUANT_CACHE_DIR", "QUANT_BACKEND"):
         monkeypatch.delenv(name, raising=False)
-    for name, value in fake_pipeline.PATCHES.items():
-        monkeypatch.setattr(QuantSession, name, value)
     return pytester
 
 
-def fake_subprocess(p: pytest.Pytester) -> pytest.Pytester:
-    """The same fake for runs in a subprocess (xdist workers): loaded by their conftest."""
+def fake_subprocess(p: pytest.Pytester) -> list[str]:
+    """The fake for runs in a subprocess (xdist workers): the module beside the tests, and the option loading it."""
     p.makepyfile(fake_pipeline=FAKE_MODULE)
-    p.makeconftest(FAKE)
-    return p
+    return ["-p", "fake_pipeline"]
 
 
 def run(p: pytest.Pytester, *args: str) -> pytest.RunResult:
-    """pytest in this process: the fake's patches hold, and no interpreter starts."""
-    return p.runpytest_inprocess("-p", "no:randomly", *args)
+    """pytest in this process, the fake pipeline passed as a plugin object: no interpreter starts."""
+    return p.runpytest_inprocess("-p", "no:randomly", *args, plugins=[fake_pipeline])
 
 
 def run_subprocess(p: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return fake_subprocess(p).runpytest_subprocess("-p", "no:randomly", *args)
+    return p.runpytest_subprocess("-p", "no:randomly", *fake_subprocess(p), *args)
 
 
 def test_every_option_is_on_the_command_line(pytester: pytest.Pytester) -> None:

@@ -180,9 +180,9 @@ def test_secrets_never_reach_reports_or_baselines(pytester: pytest.Pytester, mon
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
     monkeypatch.setenv("QUANT_REPORT", "report.json")
     monkeypatch.delenv("QUANT_VLLM_PYTHON", raising=False)
-    fake_subprocess(pytester)
+    fake = fake_subprocess(pytester)
     pytester.makepyfile(test_gates=GATED)
-    pytester.runpytest_subprocess("--quant-save-baseline", "baseline.json", "--junitxml", "junit.xml")
+    pytester.runpytest_subprocess(*fake, "--quant-save-baseline", "baseline.json", "--junitxml", "junit.xml")
     for name in ("report.json", "baseline.json", "junit.xml"):
         text = (pytester.path / name).read_text()
         assert "hf_secret_value_123" not in text, name
