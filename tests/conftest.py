@@ -51,6 +51,14 @@ def release_engines(request: pytest.FixtureRequest) -> Iterator[None]:
         release_models()
 
 
+@pytest.fixture
+def quant_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment without QUANT_* variables (set them with the returned monkeypatch)."""
+    for name in [n for n in os.environ if n.upper().startswith("QUANT_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     """The checkpoint store: $QUANT_CACHE_DIR when set (CI shares it with the main job), else a temp dir."""

@@ -53,8 +53,8 @@ def _cache_dir(config: pytest.Config) -> tuple[Path | None, str | None]:
 
 
 def _validate(settings: Settings, qs: QuantSession, config: pytest.Config) -> None:
-    """Every user-given value checked before collection: a bad one is a usage error (exit 4), one line."""
-    settings.validate()
+    """Every user-given value checked before collection (each option's type when the settings were made): a bad one
+    is a usage error (exit 4), one line."""
     for scheme in settings.get("scheme"):
         qs.recipe(scheme)  # unknown scheme, bad group size, actorder, ...
     for model in settings.get("model"):

@@ -17,7 +17,7 @@ from typing import Any
 
 from pytest_quant.infra.errors import QuantUsageError
 from pytest_quant.gate.scores import Threshold
-from pytest_quant.session.settings import BY_NAME
+from pytest_quant.session.settings import check
 from pytest_quant.evaluate.tasks import check_metric
 
 MARKERS = {
@@ -75,10 +75,7 @@ def _options(name: str, k: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
             continue
         if isinstance(k[a], bool) or not isinstance(k[a], (int, float)):
             raise QuantUsageError(f"{name}: {a} must be a number, got {k[a]!r}")
-        try:
-            out.append((a, BY_NAME[a].convert(k[a])))
-        except ValueError as e:
-            raise QuantUsageError(f"{name}: bad value {k[a]!r} for {a}: {e}") from None
+        out.append((a, check(a, k[a], name)))
     return tuple(out)
 
 

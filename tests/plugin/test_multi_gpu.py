@@ -32,11 +32,13 @@ def test_eval_gpus_become_tensor_parallel_or_parallelize() -> None:
     assert "parallelize" not in model_args("hf", Path("m"), "cuda", 1, False)
 
 
-def test_gpu_options_resolve_like_every_other() -> None:
-    s = Settings(cli={"build_gpus": "8"}, env={"QUANT_EVAL_GPUS": "2", "QUANT_BUILD_GPUS": "4"})
+def test_gpu_options_resolve_like_every_other(quant_env: pytest.MonkeyPatch) -> None:
+    assert Settings().get("eval_gpus", {"eval_gpus": 4}) == 4
+    assert Settings().get("eval_gpus") == 1
+    quant_env.setenv("QUANT_EVAL_GPUS", "2")
+    quant_env.setenv("QUANT_BUILD_GPUS", "4")
+    s = Settings(cli={"build_gpus": "8"})
     assert (s.get("build_gpus"), s.get("eval_gpus")) == (8, 2)
-    assert Settings(env={}).get("eval_gpus", {"eval_gpus": 4}) == 4
-    assert Settings(env={}).get("eval_gpus") == 1
 
 
 def test_yaml_gpu_fields() -> None:
