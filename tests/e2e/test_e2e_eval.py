@@ -95,8 +95,10 @@ def test_vllm_metrics_are_reproducible(checkpoints, store, vllm_python, vllm_sch
     assert not fresh.cached and fresh.items == first.items
 
 
-@pytest.mark.parametrize("name", ["base", "W4A16", "W8A8"])
+@pytest.mark.parametrize("name", [pytest.param("base", marks=pytest.mark.slow), "W4A16", "W8A8"])
 def test_transformers_backend(name: str, base, checkpoints, store) -> None:
+    """lm-eval's hf model on each checkpoint (transformers decompresses compressed-tensors); the base model, a plain
+    transformers load, only with --all."""
     path = path_of(name, base, checkpoints)
     runs = {EvalRun("quant_facts"): list(range(40)), EvalRun("quant_text"): list(range(5))}
     results = evaluate(path, runs, store, backend="hf", label=name)
