@@ -55,7 +55,7 @@ def run_subprocess(p: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 def test_every_option_is_on_the_command_line(pytester: pytest.Pytester) -> None:
-    out = pytester.runpytest_subprocess("--help").stdout.str()
+    out = pytester.runpytest_inprocess("--help").stdout.str()
     for o in OPTIONS:
         assert o.cli in out, o.cli
         assert o.env in out, o.env
@@ -439,16 +439,23 @@ def test_summary_markdown_and_github_step_summary(fake: pytest.Pytester, monkeyp
 
 
 def test_html_report_gets_each_gates_verdict_items_and_figure(fake: pytest.Pytester, monkeypatch) -> None:
-    """With pytest-html active, a gate's test carries its verdict, message, flipped items and the figure."""
+    """With pytest-html active, a gate's test carries its verdict, message, flipped items and the figure; without
+    --html no figure is drawn."""
     pytest.importorskip("pytest_html")
+    from pytest_quant.plugin import html_extras
+
+    drawn: list[int] = []
+    plot = html_extras.plot
+    monkeypatch.setattr(html_extras, "plot", lambda rows, path: drawn.append(len(rows)) or plot(rows, path))
     fake.makepyfile(test_gates=GATED)
     monkeypatch.setenv("FAKE_VALUES", json.dumps({"base": 0.70, "W4A16": 0.50}))
     run(fake, "--quant-scheme", "W4A16", "-k", "accuracy", "--html", "report.html", "--self-contained-html"
         ).assert_outcomes(failed=1)
     page = (fake.path / "report.html").read_text()
     assert "W4A16 quant_facts acc: FAIL" in page and "items base right, quantized wrong" in page
-    assert "image/png" in page
-    run(fake, "--quant-scheme", "W4A16", "-k", "accuracy").assert_outcomes(failed=1)  # without --html: no extras
+    assert "image/png" in page and drawn == [1]
+    run(fake, "--quant-scheme", "W4A16", "-k", "accuracy").assert_outcomes(failed=1)
+    assert drawn == [1]
 
 
 def test_the_plugin_is_inert_until_asked(pytester: pytest.Pytester, monkeypatch, tmp_path) -> None:
