@@ -6,9 +6,7 @@ quantized engine of a gate stay alive together within GPU_BUDGET; in-process GPU
 
 from __future__ import annotations
 
-import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -33,11 +31,13 @@ def used_mib() -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def session(vllm_python: str) -> QuantSession:
-    cache = os.environ.get("QUANT_CACHE_DIR")
+def session(vllm_python: str, tmp_path_factory: pytest.TempPathFactory) -> QuantSession:
+    """A session on an empty store of its own: results of an earlier run (the shipped suite's) would be served from
+    the store and start no engine."""
+    store = tmp_path_factory.mktemp("gpu-engines-store")
     settings = Settings(cli={"profile": "guide", "group_size": "auto", "backend": "vllm", "vllm_python": vllm_python,
-                             "limit": 20})
-    return QuantSession(settings, Path(cache) if cache else None)
+                             "limit": 20, "cache_dir": str(store)})
+    return QuantSession(settings, store)
 
 
 def test_base_and_quantized_engines_are_alive_together_within_the_budget(session: QuantSession) -> None:
