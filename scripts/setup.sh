@@ -2,7 +2,7 @@
 # Create the two environments pytest-quant needs (see docs/ENVIRONMENTS.md):
 #   .venvs/quant  llm-compressor + transformers + lm-eval + pytest (+ this package, editable)
 #   .venvs/vllm   vLLM's CPU build + lm-eval (its own torch/compressed-tensors pins)
-# Installs with uv (into .venvs/uv, compiling bytecode as pip does; README gives the times); QUANT_INSTALLER=pip
+# Installs with uv (into .venvs/uv, compiling bytecode as pip does; docs/ENVIRONMENTS.md gives both times); QUANT_INSTALLER=pip
 # uses pip instead. pip's index configuration (extra indexes, find-links, constraints) is handed to uv.
 # Idempotent: an environment that already imports its key packages is left alone.
 set -euo pipefail
