@@ -13,7 +13,7 @@ from pytest_quant.gate.stats import FAIL, PASS, UNDECIDED
 ERROR = "ERROR"  # a quant test that failed or errored without a verdict
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GateRow:
     """One gate's result: a row of the terminal table and of the JSON report."""
 

@@ -24,8 +24,8 @@ def rerun_id(nodeid: str) -> str:
 
 
 def error_row(nodeid: str, info: dict[str, Any], reason: str) -> GateRow:
-    return GateRow(info.get("model", "?"), info.get("scheme", "?"), info.get("task", "-"), "-", ERROR, False, reason,
-                   nodeid=nodeid, outcome="error")
+    return GateRow(model=info.get("model", "?"), scheme=info.get("scheme", "?"), task=info.get("task", "-"), metric="-",
+                   verdict=ERROR, passed=False, message=reason, nodeid=nodeid, outcome="error")
 
 
 def record(item: pytest.Item, rows: list[GateRow]) -> None:

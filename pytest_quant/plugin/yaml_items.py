@@ -331,9 +331,11 @@ class VllmItem(QuantYamlItem):
         message = (f"{self.metric} = {measured:.4f} on the first {len(ids)} items; expected {self.expected:.4f}, "
                    f"rtol {rtol:g} (vLLM's check: |measured - expected| <= rtol * |measured|): "
                    f"{PASS if ok else FAIL}")
-        conclude(self, [GateRow(self.spec.model_name, "as-is", self.task, self.metric, PASS if ok else FAIL, ok,
-                                message, f"expected={self.expected:g}, rtol={rtol:g}", measured, None, None, len(ids),
-                                1, result.backend, eval_seconds=result.seconds)], qs.settings.get("undecided"))
+        row = GateRow(model=self.spec.model_name, scheme="as-is", task=self.task, metric=self.metric,
+                      verdict=PASS if ok else FAIL, passed=ok, message=message,
+                      threshold=f"expected={self.expected:g}, rtol={rtol:g}", quantized=measured, n=len(ids), looks=1,
+                      backend=result.backend, eval_seconds=result.seconds)
+        conclude(self, [row], qs.settings.get("undecided"))
 
 
 class LlmCompressorItem(QuantYamlItem):

@@ -98,8 +98,12 @@ def _recovery(metric: str, q: float, b: float) -> float | None:
     return q / b if higher_is_better(metric) else b / q
 
 
-def _resolve(session: QuantSession, verdict: str) -> bool:
-    return verdict_outcome(verdict, session.settings.get("undecided"))
+def _decided(session: QuantSession, verdict: str, decisions: dict[str, Any], **fields: Any) -> GateRow:
+    """The row of a gate that reached a verdict: what its test does (UNDECIDED as --quant-undecided says) and each
+    bound's decision in the report."""
+    extra = {**fields.pop("extra", {}), "bounds": {k: d.__dict__ for k, d in decisions.items()}}
+    return GateRow(verdict=verdict, passed=verdict_outcome(verdict, session.settings.get("undecided")), extra=extra,
+                   **fields)
 
 
 def _summary(verdict: Verdict, n: int, looks: int) -> str:
@@ -173,17 +177,17 @@ def _row(session: QuantSession, model: str, scheme: str, run: EvalRun, metric: s
                                                         if base is not None and recovery is not None else "")
     overall = overall_verdict([verdict.verdict, *extra_verdicts])
     notes, numerics = _measured(session, scheme, got["q"], got.get("b"))
-    return GateRow(model, scheme, run.task, metric, overall, _resolve(session, overall),
-                   "; ".join([f"{head}; {_summary(verdict, n, taken)}{got['to_decide'][1]}", *extra_messages, *notes]),
-                   t.describe() + f", alpha={alpha:g}", q, base, recovery, n, taken,
-                   got["q"].backend, eval_seconds=got["q"].seconds,
-                   extra={"stderr": se, "versions": got["q"].versions, "items_to_decide": got["to_decide"][0],
-                          "numerics": numerics,
-                          "bounds": {k: d.__dict__ for k, d in verdict.decisions.items()},
-                          "items": {"ids": got["ids"], "quantized": got["qv"], "base": got["bv"],
-                                    "answers": answers(got["ids"], quantized=got["q"], base=got.get("b"))},
-                          **fields.pop("extra", {})},
-                   **fields)
+    return _decided(session, overall, verdict.decisions, model=model, scheme=scheme, task=run.task, metric=metric,
+                    message="; ".join([f"{head}; {_summary(verdict, n, taken)}{got['to_decide'][1]}", *extra_messages,
+                                       *notes]),
+                    threshold=t.describe() + f", alpha={alpha:g}", quantized=q, base=base, recovery=recovery, n=n,
+                    looks=taken, backend=got["q"].backend, eval_seconds=got["q"].seconds,
+                    extra={"stderr": se, "versions": got["q"].versions, "items_to_decide": got["to_decide"][0],
+                           "numerics": numerics,
+                           "items": {"ids": got["ids"], "quantized": got["qv"], "base": got["bv"],
+                                     "answers": answers(got["ids"], quantized=got["q"], base=got.get("b"))},
+                           **fields.pop("extra", {})},
+                    **fields)
 
 
 def run_accuracy(session: QuantSession, spec: AccuracySpec, plan: GatePlan, case: Case, ck: Checkpoint,
@@ -276,22 +280,22 @@ def run_bos(session: QuantSession, spec: BosSpec, plan: GatePlan, case: Case, ck
         message += " (losses of perplexity metrics in nats per word/byte)"
     notes, numerics = _measured(session, case.scheme, *(got.get(k) for k in ("q_on", "q_off", "b_on", "b_off")))
     message = "; ".join([message, *notes])
-    return GateRow(case.model, case.scheme, spec.task, metric, overall, _resolve(session, overall), message,
-                   f"max_delta={spec.max_delta}, max_extra_loss={spec.max_extra_loss}, "
-                   f"alpha={plan.alpha:g}", with_bos, None, None, n, taken,
-                   got["q_on"].backend,
-                   "|".join([case.model, case.scheme, spec.task, metric, "bos-sensitivity"]),
-                   ck.manifest.get("seconds"), got["q_on"].seconds + got["q_off"].seconds,
-                   extra={"quantized_without_bos": without, "bos_loss": loss, "items_to_decide": needed,
-                          "numerics": numerics, "bounds": {k: d.__dict__ for k, d in verdict.decisions.items()},
-                          "items": {"ids": got["ids"], "quantized_with_bos": got["qv"][0],
-                                    "quantized_without_bos": got["qv"][1],
-                                    **({"base_with_bos": got["bv"][0], "base_without_bos": got["bv"][1]}
-                                       if "bv" in got else {}),
-                                    "answers": answers(got["ids"], quantized_with_bos=got["q_on"],
-                                                       quantized_without_bos=got["q_off"])},
-                          "bos_prefix_counts": {"with": got["q_on"].bos_prefix_counts,
-                                                "without": got["q_off"].bos_prefix_counts}})
+    return _decided(session, overall, verdict.decisions, model=case.model, scheme=case.scheme, task=spec.task,
+                    metric=metric, message=message,
+                    threshold=f"max_delta={spec.max_delta}, max_extra_loss={spec.max_extra_loss}, alpha={plan.alpha:g}",
+                    quantized=with_bos, n=n, looks=taken, backend=got["q_on"].backend,
+                    key="|".join([case.model, case.scheme, spec.task, metric, "bos-sensitivity"]),
+                    build_seconds=ck.manifest.get("seconds"), eval_seconds=got["q_on"].seconds + got["q_off"].seconds,
+                    extra={"quantized_without_bos": without, "bos_loss": loss, "items_to_decide": needed,
+                           "numerics": numerics,
+                           "items": {"ids": got["ids"], "quantized_with_bos": got["qv"][0],
+                                     "quantized_without_bos": got["qv"][1],
+                                     **({"base_with_bos": got["bv"][0], "base_without_bos": got["bv"][1]}
+                                        if "bv" in got else {}),
+                                     "answers": answers(got["ids"], quantized_with_bos=got["q_on"],
+                                                        quantized_without_bos=got["q_off"])},
+                           "bos_prefix_counts": {"with": got["q_on"].bos_prefix_counts,
+                                                 "without": got["q_off"].bos_prefix_counts}})
 
 
 def run_fidelity(session: QuantSession, case: Case) -> GateRow:
@@ -304,8 +308,7 @@ def run_fidelity(session: QuantSession, case: Case) -> GateRow:
     overall, decisions = v.verdict, v.decisions
     message = (f"KL {f['kl']:.4f} (max {max_kl:g}), top-1 agreement {f['top1_agreement']:.4f} (min {min_top1:g}) "
                f"over {f['prompts']} prompts, {f['tokens']} tokens; {_summary(v, f['prompts'], 1)}")
-    return GateRow(case.model, case.scheme, "fidelity", "kl", overall, _resolve(session, overall), message,
-                   f"max_kl={max_kl:g}, min_top1={min_top1:g}, alpha={alpha:g}", f["kl"], None, None, f["prompts"], 1,
-                   "hf", extra={"top1_agreement": f["top1_agreement"], "tokens": f["tokens"],
-                                "bounds": {k: d.__dict__ for k, d in decisions.items()}})
-
+    return _decided(session, overall, decisions, model=case.model, scheme=case.scheme, task="fidelity", metric="kl",
+                    message=message, threshold=f"max_kl={max_kl:g}, min_top1={min_top1:g}, alpha={alpha:g}",
+                    quantized=f["kl"], n=f["prompts"], looks=1, backend="hf",
+                    extra={"top1_agreement": f["top1_agreement"], "tokens": f["tokens"]})

@@ -381,6 +381,25 @@ def test_llmcompressor_yaml_items_gate_every_metric_with_recovery(fake: pytest.P
     assert "is below the expected 0.9000 (-5%): a warning, not a failure" in out
 
 
+def test_vllm_format_yaml_items_compare_with_the_stored_value_at_rtol(fake: pytest.Pytester, monkeypatch) -> None:
+    """vLLM's config format: the model as it is, each metric against its stored value at vLLM's default rtol."""
+    from pytest_quant.evaluate.tasks import item_order
+
+    monkeypatch.setenv("FAKE_BACKEND", "vllm")  # the format's backend
+    ids = item_order("quant_facts", None)[:50]
+    measured = sum(fake_pipeline.difficulty(i) < 0.70 for i in ids) / len(ids)  # the fake's base model
+    fake.makefile(".yaml", quant_near=f"model_name: smollm2-135m-instruct\nlimit: 50\nnum_fewshot: 0\ntasks:\n- name: quant_facts\n"
+                                      f"  metrics:\n  - name: acc\n    value: {measured * 1.02:.6f}\n",
+                  quant_far=f"model_name: smollm2-135m-instruct\nlimit: 50\nnum_fewshot: 0\ntasks:\n- name: quant_facts\n"
+                            f"  metrics:\n  - name: acc\n    value: {measured * 1.2:.6f}\n")
+    r = run(fake, "-rA", "--quant-report", "report.json")
+    r.assert_outcomes(passed=1, failed=1)
+    rows = {Path(g["nodeid"]).name.split("::")[0]: g for g in json.loads((fake.path / "report.json").read_text())["gates"]}
+    assert (rows["quant_near.yaml"]["verdict"], rows["quant_far.yaml"]["verdict"]) == ("PASS", "FAIL")
+    assert rows["quant_near.yaml"]["scheme"] == "as-is" and rows["quant_near.yaml"]["quantized"] == measured
+    assert rows["quant_near.yaml"]["n"] == 50 and "rtol 0.08" in rows["quant_far.yaml"]["message"]
+
+
 def test_yaml_items_skip_what_the_device_cannot_run(fake: pytest.Pytester, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_BACKEND", "vllm")
     fake.makefile(".yaml", quant_w8a16=(
