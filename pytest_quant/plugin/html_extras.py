@@ -1,7 +1,7 @@
 """pytest-html extras for gate tests: each gate's verdict and message, its flipped items and the figure.
 
-Registered by the plugin only when pytest-html writes a report in this run (``--html``); it adds to the report through pytest-html's own
-``extras`` API in the ``pytest_runtest_makereport`` hook, as pytest-html documents.
+Registered by the plugin only when pytest-html writes a report in this run (``--html``); it adds to the report
+through pytest-html's own ``extras`` API in the ``pytest_runtest_makereport`` hook, as pytest-html documents.
 """
 
 from __future__ import annotations
