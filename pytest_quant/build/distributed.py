@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 
 from pytest_quant.build.calibration import CalibrationSpec, prepare_calibration
 from pytest_quant.infra.errors import QuantError
+from pytest_quant.infra.exits import ended, free_gib
 from pytest_quant.build.recipes import RecipeSpec, to_modifiers
 
 
@@ -47,6 +49,12 @@ def _unfinished(stages: dict[int, str]) -> str:
     return ", ".join(f"rank {r} at '{s}'" for r, s in late.items()) or "every rank finished"
 
 
+def _rank_signals(text: str, free_at_start: float | None) -> str:
+    """torchrun's own lines for ranks a signal killed ('Signal 4 (SIGILL) received by PID 123'), in words."""
+    numbers = sorted({int(n) for n in re.findall(r"Signal (\d+) \(SIG\w+\) received by PID", text)})
+    return "".join(f"; a rank {ended(-n, free_at_start=free_at_start)}" for n in numbers)
+
+
 def run_distributed_build(gpus: int, base_path: Path, recipe: RecipeSpec, calibration: CalibrationSpec, out: Path,
                           trust_remote_code: bool, log: Any, timeout: float = 7200.0) -> dict[str, Any]:
     """Quantize on ``gpus`` GPUs into ``out``; returns the build's timing info. A run past ``timeout`` seconds is
@@ -57,7 +65,7 @@ def run_distributed_build(gpus: int, base_path: Path, recipe: RecipeSpec, calibr
                                    "out": str(out), "trust_remote_code": trust_remote_code, "status": str(status)}))
     command = torchrun_command(gpus, request)
     log(f"distributed oneshot on {gpus} GPUs (timeout {timeout:g}s): {' '.join(command)}")
-    start = time.perf_counter()
+    start, free_at_start = time.perf_counter(), free_gib()
     with tempfile.TemporaryFile("w+") as output:
         proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
@@ -79,8 +87,8 @@ def run_distributed_build(gpus: int, base_path: Path, recipe: RecipeSpec, calibr
                                      f"{_unfinished(stages)} (raise --quant-build-timeout if the model needs "
                                      f"longer)\nlast output:\n{text[-2000:]}")
     if code != 0:
-        raise DistributedBuildFailed(f"distributed build on {gpus} GPUs failed (exit {code}; {_unfinished(stages)})"
-                                     f":\n{text[-3000:]}")
+        raise DistributedBuildFailed(f"distributed build on {gpus} GPUs failed (torchrun {ended(code)}"
+                                     f"{_rank_signals(text, free_at_start)}; {_unfinished(stages)}):\n{text[-3000:]}")
     return {"gpus": gpus, "seconds": {"distributed": round(time.perf_counter() - start, 2)}}
 
 

@@ -29,8 +29,9 @@ from typing import Any, Callable, Iterator
 
 from pytest_quant.evaluate import lm_runner
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantError, QuantUsageError
+from pytest_quant.infra.exits import ended, free_gib
 from pytest_quant.infra.hardware import xdist_worker
-from pytest_quant.infra.machine import cpu_dtype, elsewhere_note, emulation, signature
+from pytest_quant.infra.machine import cpu_dtype, describe, elsewhere_note, emulation, signature
 from pytest_quant.infra.progress import EVERY
 from pytest_quant.infra.versions import versions
 from pytest_quant.infra.store import Store, atomic_write_text, content_digest, digest, file_digest
@@ -121,8 +122,8 @@ def probe_vllm(python: str) -> dict[str, str]:
         raise QuantEnvironmentError(f"vLLM interpreter {python!r} does not run: {e}") from None
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise QuantEnvironmentError(f"vLLM interpreter {python!r} is not usable ({tail[0]}); install vllm and "
-                                    "lm-eval in it (scripts/setup.sh or tox -e vllm)")
+        raise QuantEnvironmentError(f"vLLM interpreter {python!r} is not usable ({ended(p.returncode)}: {tail[0]}); "
+                                    "install vllm and lm-eval in it (scripts/setup.sh or tox -e vllm)")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -191,7 +192,7 @@ def probe_schemes(python: str, capability: int | None, schemes: str, act_dtype: 
         raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: {e}") from None
     if p.returncode != 0:
         raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: "
-                                    f"{root_cause(p.stderr or p.stdout)}")
+                                    f"{ended(p.returncode, run_config(env, 'vllm'))}: {root_cause(p.stderr or p.stdout)}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -265,6 +266,11 @@ def root_cause(log_text: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def run_config(env: dict[str, str], backend: str) -> str:
+    """What a child ran with, for the line that says how it ended: machine, threads, numerics switches, backend."""
+    return f"{describe(signature(None, env))}, backend {backend}"
+
+
 def vllm_env(device: str, extra: dict[str, str], cpu_w4a8: bool = False) -> dict[str, str]:
     """The environment of a vLLM runner: the CPU build's settings, then the config's ``env_vars``.
 
@@ -292,6 +298,7 @@ class Engine:
         self.dir = Path(tempfile.mkdtemp(prefix="pytest-quant-engine-"))
         self.log = self.dir / "vllm.log"
         self.requests = 0
+        self.config, self.free_at_start = run_config(env, "vllm"), free_gib()
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([python, str(RUNNER), "--serve"], stdin=subprocess.PIPE, stdout=out,
                                          stderr=subprocess.STDOUT, env=env, start_new_session=True, text=True)
@@ -317,8 +324,8 @@ class Engine:
             if self.proc.poll() is not None:
                 text = self.text()
                 self.close()
-                raise EvaluationFailed(f"vLLM evaluation exited with code {self.proc.returncode}: {root_cause(text)}"
-                                       f"\nlast output:\n{text[-2000:]}")
+                how = ended(self.proc.returncode, self.config, self.free_at_start)
+                raise EvaluationFailed(f"vLLM evaluation {how}: {root_cause(text)}\nlast output:\n{text[-2000:]}")
             if time.perf_counter() - start > timeout:
                 text = self.text()
                 self.close()

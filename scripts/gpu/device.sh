@@ -100,6 +100,26 @@ case "$phase" in
       | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/suite-cpu-$run.log"
     echo "[gpu] cpu suite $run: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-cpu-$run.log"; tail -12 "$OUT/suite-cpu-$run.log"
     ;;
+  amx)   # issue 30: the minimal reproduction of the SIGILL (scripts/gpu/amx_sigill.py), on the machine's AMX CPU
+    export CUDA_VISIBLE_DEVICES=
+    grep -o -E 'amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
+    SECONDS=0; timeout 120 python3 scripts/gpu/amx_sigill.py build /tmp/amx 2>&1 | grep -E "^\[amx\]|Error" ; echo "[gpu] built in ${SECONDS}s"
+    AMX_BIND=0-7 timeout "${2:-420}" /tmp/vllm-python scripts/gpu/amx_sigill.py probe /tmp/amx 2>&1 | tee "$OUT/amx-probe.log" | grep -E "^\[amx\]"
+    ;;
+  ci-cpu)   # issue 30: CI's two configurations of W4A16's accuracy gate on this CPU, two cores each, side by side
+    export CUDA_VISIBLE_DEVICES=
+    one() {  # one NAME CORES "VAR=VALUE ..." PYTEST-ARGS...
+      local name=$1 cores=$2 vars=$3; shift 3
+      (SECONDS=0; env QUANT_CACHE_DIR=/tmp/qc-$name OMP_NUM_THREADS=2 $vars timeout 540 taskset -c "$cores" "${PYTEST[@]}" \
+        --pyargs pytest_quant.suite --quant-profile ci --quant-group-size auto -k "test_accuracy and W4A16" \
+        --quant-report "$OUT/ci-$name.json" "$@" > "$OUT/ci-$name.log" 2>&1; echo "[gpu] $name: exit $? in ${SECONDS}s" >> "$OUT/ci-$name.log") &
+    }
+    one first 0,1 "" --quant-backend auto
+    one hf-emulated 2,3 "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41" --quant-backend hf
+    one vllm-emulated 4,5 "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41" --quant-backend auto
+    wait
+    for f in "$OUT"/ci-*.log; do grep -E "^\[gpu\]|W4A16  *quant_facts|killed by|Error" "$f" | grep -v "it/s" | tail -4; done
+    ;;
   scale)
     timeout "${5:-560}" python3 scripts/gpu/scaling.py --arch "$2" --samples "$3" --steps "$4" --out "$OUT" 2>&1 \
       | grep -v -E "is ignored|it/s\]|s/it\]|^\s*$" | tee -a "$OUT/scaling-$2.log" | grep -E "^\[scaling\]|Error|error" | tail -40
