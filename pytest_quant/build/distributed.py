@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 from pytest_quant.build.calibration import CalibrationSpec, prepare_calibration
 from pytest_quant.infra.errors import QuantError
-from pytest_quant.infra.exits import ended, free_gib
+from pytest_quant.infra.exits import ended, free_gib, rank_signals
 from pytest_quant.build.recipes import RecipeSpec, to_modifiers
 
 
@@ -47,12 +46,6 @@ def _stages(status: Path, gpus: int) -> dict[int, str]:
 def _unfinished(stages: dict[int, str]) -> str:
     late = {r: s for r, s in stages.items() if s != "done"}
     return ", ".join(f"rank {r} at '{s}'" for r, s in late.items()) or "every rank finished"
-
-
-def _rank_signals(text: str, free_at_start: float | None) -> str:
-    """torchrun's own lines for ranks a signal killed ('Signal 4 (SIGILL) received by PID 123'), in words."""
-    numbers = sorted({int(n) for n in re.findall(r"Signal (\d+) \(SIG\w+\) received by PID", text)})
-    return "".join(f"; a rank {ended(-n, free_at_start=free_at_start)}" for n in numbers)
 
 
 def run_distributed_build(gpus: int, base_path: Path, recipe: RecipeSpec, calibration: CalibrationSpec, out: Path,
@@ -88,7 +81,7 @@ def run_distributed_build(gpus: int, base_path: Path, recipe: RecipeSpec, calibr
                                      f"longer)\nlast output:\n{text[-2000:]}")
     if code != 0:
         raise DistributedBuildFailed(f"distributed build on {gpus} GPUs failed (torchrun {ended(code)}"
-                                     f"{_rank_signals(text, free_at_start)}; {_unfinished(stages)}):\n{text[-3000:]}")
+                                     f"{rank_signals(text, free_at_start)}; {_unfinished(stages)}):\n{text[-3000:]}")
     return {"gpus": gpus, "seconds": {"distributed": round(time.perf_counter() - start, 2)}}
 
 

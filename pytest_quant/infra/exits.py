@@ -7,6 +7,7 @@ Every subprocess pytest-quant starts (the vLLM runner, its probes, torchrun) rep
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 
@@ -54,3 +55,9 @@ def ended(code: int, config: str = "", free_at_start: float | None = None) -> st
         why += f": {free_at_start:.1f} GiB free at start"
     details = "; ".join(part for part in (why, f"ran with {config}" if config else "") if part)
     return f"killed by {name}" + (f" ({details})" if details else "")
+
+
+def rank_signals(text: str, free_at_start: float | None = None) -> str:
+    """torchrun's lines for ranks a signal killed ('Signal 4 (SIGILL) received by PID 123'), in words."""
+    numbers = sorted({int(n) for n in re.findall(r"Signal (\d+) \(SIG\w+\) received by PID", text)})
+    return "".join(f"; a rank {ended(-n, free_at_start=free_at_start)}" for n in numbers)

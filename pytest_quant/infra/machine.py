@@ -45,8 +45,20 @@ def emulation(env: dict[str, str] | None = None) -> dict[str, str]:
     return {k: env[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if env.get(k)}
 
 
+# ONEDNN_MAX_CPU_ISA levels that keep bf16 native (AVX-512 BF16 and above); ATEN_CPU_CAPABILITY levels of CPUs without it.
+BF16_ONEDNN = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+               "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "ALL", "DEFAULT")
+NO_BF16_ATEN = ("default", "avx2")
+
+
 def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere bf16 matmuls are emulated."""
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), as the emulation switches let it
+    (ATEN_CPU_CAPABILITY=default or ONEDNN_MAX_CPU_ISA=SSE41 make it a CPU without): elsewhere bf16 is emulated."""
+    switches = emulation()
+    if switches.get("ATEN_CPU_CAPABILITY", "").lower() in NO_BF16_ATEN:
+        return False
+    if switches.get("ONEDNN_MAX_CPU_ISA", "DEFAULT").upper() not in BF16_ONEDNN:
+        return False
     return bool({"avx512_bf16", "amx_bf16"} & set(_cpu()[1]))
 
 
@@ -56,7 +68,9 @@ def cpu_dtype() -> str:
     Measured on a 2-core AVX2 EPYC: a bf16 matmul 25x slower than float32, vLLM's CPU build needing 20 min for the
     base model on 2 x 389 quant_facts items in bf16 (docs/PERFORMANCE.md). vLLM's CPU W4A16 kernel takes bf16 or
     fp16 activations only: on a CPU without native bf16 W4A16 is evaluated with transformers instead
-    (session.eval_backend).
+    (session.eval_backend). Under the emulation switches the emulated CPU decides: on an AMX Xeon emulating scalar
+    code, transformers in bf16 ran past 540 s where float32 takes about 180 s, and vLLM's bf16 path aborted under
+    ONEDNN_MAX_CPU_ISA=SSE41 (docs/THRESHOLDS.md, "The AMX machine").
     """
     return "bfloat16" if native_bf16() else "float32"
 

@@ -106,19 +106,22 @@ case "$phase" in
     SECONDS=0; timeout 120 python3 scripts/gpu/amx_sigill.py build /tmp/amx 2>&1 | grep -E "^\[amx\]|Error" ; echo "[gpu] built in ${SECONDS}s"
     AMX_BIND=0-7 timeout "${2:-420}" /tmp/vllm-python scripts/gpu/amx_sigill.py probe /tmp/amx 2>&1 | tee "$OUT/amx-probe.log" | grep -E "^\[amx\]"
     ;;
-  ci-cpu)   # issue 30: CI's two configurations of W4A16's accuracy gate on this CPU, two cores each, side by side
+  ci-cpu)   # issue 30: .ci/run's two configurations on this CPU (two cores each, side by side): the main job with two
+            # xdist workers, W4A16's accuracy gate under emulated scalar code as .ci/run runs it (auto) and with hf named
     export CUDA_VISIBLE_DEVICES=
+    python3 -c "import xdist" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    W4=(-k "test_accuracy and W4A16")
     one() {  # one NAME CORES "VAR=VALUE ..." PYTEST-ARGS...
       local name=$1 cores=$2 vars=$3; shift 3
-      (SECONDS=0; env QUANT_CACHE_DIR=/tmp/qc-$name OMP_NUM_THREADS=2 $vars timeout 540 taskset -c "$cores" "${PYTEST[@]}" \
-        --pyargs pytest_quant.suite --quant-profile ci --quant-group-size auto -k "test_accuracy and W4A16" \
+      (SECONDS=0; env QUANT_CACHE_DIR=/tmp/qc-$name $vars timeout 540 taskset -c "$cores" "${PYTEST[@]}" \
+        --pyargs pytest_quant.suite --quant-profile ci --quant-group-size auto \
         --quant-report "$OUT/ci-$name.json" "$@" > "$OUT/ci-$name.log" 2>&1; echo "[gpu] $name: exit $? in ${SECONDS}s" >> "$OUT/ci-$name.log") &
     }
-    one first 0,1 "" --quant-backend auto
-    one hf-emulated 2,3 "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41" --quant-backend hf
-    one vllm-emulated 4,5 "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41" --quant-backend auto
+    one main 0,1 "" --quant-backend auto -n 2 --dist loadgroup
+    one emulated 2,3 "OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41" --quant-backend auto "${W4[@]}"
+    one emulated-hf 4,5 "OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41" --quant-backend hf "${W4[@]}"
     wait
-    for f in "$OUT"/ci-*.log; do grep -E "^\[gpu\]|W4A16  *quant_facts|killed by|Error" "$f" | grep -v "it/s" | tail -4; done
+    for f in "$OUT"/ci-*.log; do grep -E "^\[gpu\]|  W(4A16|8A8)  |killed by|Error" "$f" | grep -v "it/s" | tail -8; done
     ;;
   scale)
     timeout "${5:-560}" python3 scripts/gpu/scaling.py --arch "$2" --samples "$3" --steps "$4" --out "$OUT" 2>&1 \

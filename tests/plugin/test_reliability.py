@@ -38,6 +38,10 @@ with open({counter!r}, "a") as f:
 for line in sys.stdin:
     req, resp = line.rstrip("\\n").split("\\t")
     request = json.load(open(req))
+    if mode.startswith("SIG"):  # killed by that signal at its first batch, as vLLM was by SIGILL (issue 30)
+        import signal
+        print("Processed prompts:   0%|          | 0/4", flush=True)
+        os.kill(os.getpid(), getattr(signal, mode))
     if mode == "crash":
         print("Traceback (most recent call last):", flush=True)
         print("RuntimeError: engine core died", flush=True)
@@ -79,9 +83,23 @@ def fresh_engines():
 
 
 def test_crashing_vllm_fails_with_its_root_cause_first_and_caches_nothing(tmp_path: Path) -> None:
-    with pytest.raises(EvaluationFailed, match=r"(?s)exited with code -6: RuntimeError: engine core died\nlast output"):
+    with pytest.raises(EvaluationFailed, match=r"(?s)killed by SIGABRT \(native code aborted; ran with .*backend vllm\): "
+                                               r"RuntimeError: engine core died\nlast output"):
         run_eval(tmp_path, fake_vllm(tmp_path, "crash"))
     assert not [p for p in (tmp_path / "s" / "evals").iterdir() if not p.name.endswith(".lock")]
+
+
+@pytest.mark.parametrize("signal_name, meaning", [
+    ("SIGILL", r"an instruction this CPU or configuration does not allow"),
+    ("SIGKILL", r"often out of memory: [\d.]+ GiB free at start"),
+    ("SIGSEGV", r"a crash in native code"),
+])
+def test_a_runner_killed_by_a_signal_is_named_with_its_configuration(tmp_path: Path, signal_name: str, meaning: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")
+    with pytest.raises(EvaluationFailed, match=rf"vLLM evaluation killed by {signal_name} \({meaning}; ran with "
+                                               rf".*\d+ threads, ONEDNN_MAX_CPU_ISA=SSE41, .*backend vllm\)"):
+        run_eval(tmp_path, fake_vllm(tmp_path, signal_name))
 
 
 def test_root_cause_is_the_last_exception_line() -> None:
