@@ -24,7 +24,7 @@ from typing import Any
 
 from pytest_quant.build.calibration import CalibrationSpec, prepare_calibration
 from pytest_quant.infra.errors import QuantError
-from pytest_quant.infra.exits import ended, free_gib, rank_signals
+from pytest_quant.infra.exits import ended, free_gib, killed_by, rank_signals
 from pytest_quant.build.recipes import RecipeSpec, to_modifiers
 
 
@@ -80,7 +80,8 @@ def run_distributed_build(gpus: int, base_path: Path, recipe: RecipeSpec, calibr
                                      f"{_unfinished(stages)} (raise --quant-build-timeout if the model needs "
                                      f"longer)\nlast output:\n{text[-2000:]}")
     if code != 0:
-        raise DistributedBuildFailed(f"distributed build on {gpus} GPUs failed (torchrun {ended(code)}"
+        raise DistributedBuildFailed(f"distributed build on {gpus} GPUs failed ("
+                                     f"{ended(code, free_at_start=free_at_start) if killed_by(code) else f'exit {code}'}"
                                      f"{rank_signals(text, free_at_start)}; {_unfinished(stages)}):\n{text[-3000:]}")
     return {"gpus": gpus, "seconds": {"distributed": round(time.perf_counter() - start, 2)}}
 

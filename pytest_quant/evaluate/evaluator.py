@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 from pytest_quant.evaluate import lm_runner
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantError, QuantUsageError
-from pytest_quant.infra.exits import ended, free_gib
+from pytest_quant.infra.exits import ended, free_gib, signal_note
 from pytest_quant.infra.hardware import xdist_worker
 from pytest_quant.infra.machine import cpu_dtype, describe, elsewhere_note, emulation, signature
 from pytest_quant.infra.progress import EVERY
@@ -122,7 +122,7 @@ def probe_vllm(python: str) -> dict[str, str]:
         raise QuantEnvironmentError(f"vLLM interpreter {python!r} does not run: {e}") from None
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise QuantEnvironmentError(f"vLLM interpreter {python!r} is not usable ({ended(p.returncode)}: {tail[0]}); "
+        raise QuantEnvironmentError(f"vLLM interpreter {python!r} is not usable ({signal_note(p.returncode)}{tail[0]}); "
                                     "install vllm and lm-eval in it (scripts/setup.sh or tox -e vllm)")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -195,7 +195,7 @@ def probe_schemes(python: str, capability: int | None, schemes: str, act_dtype: 
         raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: {e}") from None
     if p.returncode != 0:
         raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: "
-                                    f"{ended(p.returncode, run_config(env, 'vllm'))}: {root_cause(p.stderr or p.stdout)}")
+                                    f"{signal_note(p.returncode, run_config(env, 'vllm'))}{root_cause(p.stderr or p.stdout)}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 

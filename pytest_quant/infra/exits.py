@@ -57,6 +57,12 @@ def ended(code: int, config: str = "", free_at_start: float | None = None) -> st
     return f"killed by {name}" + (f" ({details})" if details else "")
 
 
+def signal_note(code: int, config: str = "", free_at_start: float | None = None) -> str:
+    """``killed by SIGILL (...): `` when a signal ended the process, else nothing (an exit code says less than the
+    child's own error line, which follows)."""
+    return f"{ended(code, config, free_at_start)}: " if killed_by(code) else ""
+
+
 def rank_signals(text: str, free_at_start: float | None = None) -> str:
     """torchrun's lines for ranks a signal killed ('Signal 4 (SIGILL) received by PID 123'), in words."""
     numbers = sorted({int(n) for n in re.findall(r"Signal (\d+) \(SIG\w+\) received by PID", text)})
