@@ -364,8 +364,9 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 @pytest.fixture(scope="session")
 def quant_session(request: pytest.FixtureRequest) -> QuantSession:
-    """The session's pytest-quant state (settings, store, device, backend)."""
-    return _session(request.config)
+    """The session's pytest-quant state (settings, store, device, backend), started here when nothing else asked
+    for it yet (a test that uses only this fixture); a session that cannot start fails the test with why."""
+    return _or_fail(lambda: _activate(request.config))
 
 
 @pytest.fixture(scope="session")

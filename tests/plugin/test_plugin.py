@@ -495,6 +495,17 @@ def test_the_plugin_is_inert_until_asked(pytester: pytest.Pytester, monkeypatch,
     r.stderr.fnmatch_lines(["*QUANT_MAX_ITEMS: bad value 'abc' for max_items*"])
 
 
+def test_quant_session_alone_starts_the_session(fake: pytest.Pytester, monkeypatch) -> None:
+    """A test that uses only quant_session (no quant option, marker or other fixture) gets a started session, not a
+    KeyError; one that cannot start fails with pytest-quant's one-line reason."""
+    fake.makepyfile(test_s="def test_s(quant_session):\n    assert quant_session.settings.get('limit') == 250\n")
+    run(fake).assert_outcomes(passed=1)
+    monkeypatch.setenv("QUANT_LIMIT", "many")
+    result = run(fake)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*Failed: pytest-quant: QUANT_LIMIT: bad value 'many'*"])
+
+
 def test_each_gate_is_planned_once_at_collection_finish(fake: pytest.Pytester, monkeypatch) -> None:
     """A gate's item order, looks and targets are computed once (at collection finish) and handed to its run."""
     calls = []
