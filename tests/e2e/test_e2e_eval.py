@@ -104,6 +104,11 @@ def test_transformers_backend(name: str, base, checkpoints, store) -> None:
     results = evaluate(path, runs, store, backend="hf", label=name)
     for run, r in results.items():
         assert sorted(r.items) == runs[run] and r.backend == "hf"
+    facts, text = results[EvalRun("quant_facts")], results[EvalRun("quant_text")]
+    # four choices: chance is 0.25; every model here measured 0.57-0.72 on 240 items (docs/THRESHOLDS.md)
+    assert sum(facts.values("acc", runs[EvalRun("quant_facts")])) / 40 >= 0.4
+    for loglikelihood, words in text.values("word_perplexity", runs[EvalRun("quant_text")]):
+        assert -50 * words < loglikelihood < 0 and words > 0  # a real text's log-likelihood: below 0, not absurd
 
 
 def test_fidelity_w8a8_is_closer_to_base_than_w4a16(base, checkpoints, store) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_quant.infra.hardware import skip_reason
+from pytest_quant.infra.hardware import why_skip
 from pytest_quant.session.session import QuantSession
 
 
 @pytest.mark.quant_requires(min_capability=10.0)
-def test_needs_blackwell() -> None:
+def test_needs_blackwell(quant_session: QuantSession) -> None:
     """Runs only on capability 10.0+; elsewhere skipped with the device found in the reason."""
+    assert quant_session.device.kind == "cuda" and quant_session.device.capability >= 100
 
 
 @pytest.mark.quant_requires(min_capability=8.0)
@@ -19,8 +20,14 @@ def test_needs_ampere(quant_session: QuantSession) -> None:
 
 
 def test_this_device_runs_the_guides_schemes(quant_session: QuantSession) -> None:
-    """On an H100/H200 (9.0) both guide schemes run; on a CPU both have vLLM kernels."""
+    """Both guide schemes run here with the session's backends: vLLM's own answer decides where vLLM is configured
+    (on a CPU without vLLM's W4A16 kernel, --quant-backend auto evaluates W4A16 with transformers), the table
+    elsewhere; on a GPU of capability 8.0 to 9.x (H100, H200) both run on vLLM."""
     device = quant_session.device
     print(f"device: {device.describe()}")
     for scheme in ("W4A16", "W8A8"):
-        assert skip_reason(scheme, device, "vllm") is None, (scheme, device)
+        backend = quant_session.eval_backend(scheme)
+        support = quant_session.vllm_support if backend == "vllm" else None
+        assert why_skip(device, backend, quant_session.backend_reason, scheme, vllm_support=support) is None, scheme
+        if device.kind == "cuda" and 80 <= (device.capability or 0) < 100 and quant_session.vllm_support:
+            assert backend == "vllm", (scheme, quant_session.why_not_vllm(scheme))
