@@ -46,7 +46,7 @@ def release_engines(request: pytest.FixtureRequest) -> Iterator[None]:
     their own, and four CPU engines (about 4 GiB each) would not fit beside them in 24 GiB."""
     yield
     if request.path.parent.name in ("e2e", "gpu"):
-        from pytest_quant.evaluate.evaluator import release_models
+        from pytest_quant.evaluate.gpu_memory import release_models
 
         release_models()
 
@@ -71,7 +71,7 @@ def vllm_support(vllm_python: str) -> dict[str, dict[str, str]]:
     """vLLM's own answer on this machine: which kernel runs each scheme, or why none (hardware.skip_reason)."""
     import json
 
-    from pytest_quant.evaluate.evaluator import probe_schemes
+    from pytest_quant.evaluate.backends.vllm import probe_schemes
     from pytest_quant.infra.machine import cpu_dtype
 
     schemes = {"W4A16": {"weight_only": True, "bits": 4, "group_size": 64, "g_idx": False},

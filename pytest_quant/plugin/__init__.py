@@ -346,7 +346,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if SESSION not in config.stash:
         return
-    from pytest_quant.evaluate.evaluator import release_models
+    from pytest_quant.evaluate.gpu_memory import release_models
 
     release_models()
 

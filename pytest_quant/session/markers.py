@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from pytest_quant.evaluate.backends import names as backend_names
 from pytest_quant.infra.errors import QuantUsageError
 from pytest_quant.gate.scores import Threshold
 from pytest_quant.session.settings import check
@@ -153,8 +154,9 @@ def _capability(v: Any) -> int | None:
 def parse_requires(args: tuple, kwargs: dict[str, Any]) -> RequiresSpec:
     allowed = {f.name for f in fields(RequiresSpec)}
     k = _kwargs("quant_requires", args, kwargs, allowed, ())
-    if k.get("backend") not in (None, "vllm", "hf"):
-        raise QuantUsageError(f"quant_requires: backend must be 'vllm' or 'hf', got {k['backend']!r}")
+    if k.get("backend") is not None and k["backend"] not in backend_names():
+        raise QuantUsageError(f"quant_requires: backend must be one of {', '.join(map(repr, backend_names()))}, "
+                              f"got {k['backend']!r}")
     from pytest_quant.build.recipes import SCHEMES
 
     if k.get("scheme") is not None and k["scheme"] not in SCHEMES:

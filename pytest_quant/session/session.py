@@ -17,8 +17,10 @@ from typing import Any
 from pytest_quant.build.checkpoint import Checkpoint, build_checkpoint, given_checkpoint, resolve_device
 from pytest_quant.build.calibration import CalibrationSpec
 from pytest_quant.infra.errors import QuantUsageError
-from pytest_quant.evaluate.evaluator import (SCHEME_PROBE, EvalRun, Evaluator, ItemResults, gpu_work, probe_schemes, probe_vllm,
-                       resolve_backend)
+from pytest_quant.evaluate.backends import Backend, get_backend, resolve
+from pytest_quant.evaluate.backends.vllm import SCHEME_PROBE, probe_schemes, probe_vllm
+from pytest_quant.evaluate.evaluator import EvalRun, Evaluator, ItemResults
+from pytest_quant.evaluate.gpu_memory import gpu_work
 from pytest_quant.evaluate.fidelity import fidelity
 from pytest_quant.infra.hardware import Device, detect_device, xdist_worker
 from pytest_quant.infra.machine import cpu_dtype, signature
@@ -88,7 +90,7 @@ class QuantSession:
         self.trust_remote_code = bool(settings.get("trust_remote_code"))
         self.vllm_python = settings.get("vllm_python")
         self.requested_backend = settings.get("backend")
-        self._backend: tuple[str, str] | None = None
+        self._backend: tuple[Backend, str] | None = None
         self._device: Device | None = None
         self._support: dict[str, dict[str, str]] | None = None
         self._checkpoints: dict[Any, Checkpoint] = {}
@@ -106,9 +108,16 @@ class QuantSession:
 
     @property
     def backend(self) -> str:
+        """The session's backend, by name: the one asked for, or with ``auto`` the first usable one."""
         if self._backend is None:
-            self._backend = resolve_backend(self.requested_backend, self.vllm_python)
-        return self._backend[0]
+            self._backend = resolve(self.requested_backend, self.settings)
+        return self._backend[0].name
+
+    def backend_object(self, name: str) -> Backend:
+        """Backend ``name`` with this session's options (the session's own object for its backend)."""
+        self.backend  # noqa: B018  (resolves it)
+        assert self._backend is not None
+        return self._backend[0] if name == self._backend[0].name else get_backend(name).from_settings(self.settings)
 
     @property
     def backend_reason(self) -> str:
@@ -249,9 +258,8 @@ class QuantSession:
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluator(self, backend: str | None = None) -> Evaluator:
-        return Evaluator(self.store, backend or self.backend, self.vllm_python, self.compute,
-                         self.settings.get("eval_timeout"), self.trust_remote_code, self.rebuild,
-                         bool(self.settings.get("cpu_w4a8")), self.device)
+        return Evaluator(self.store, self.backend_object(backend or self.backend), self.compute,
+                         self.settings.get("eval_timeout"), self.trust_remote_code, self.rebuild, self.device)
 
     def run(self, task: str, marker: dict[str, Any] | None = None, add_bos_token: bool = True,
             apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Callable, Literal, Optional
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError,
                       create_model)
 
+from pytest_quant.evaluate.backends import names as backend_names
 from pytest_quant.infra.errors import QuantUsageError
 
 
@@ -119,7 +120,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_kl", "shipped suite: largest mean KL(base || quantized) per token", Positive, 0.5),
     Option("min_top1", "shipped suite: smallest top-1 next-token agreement with the base", between(0, 1, False, False),
            0.7),
-    Option("backend", "evaluation backend: auto, vllm or hf", Literal["auto", "vllm", "hf"], "auto"),
+    Option("backend", f"evaluation backend: auto or one of {', '.join(backend_names())}",
+           Literal[("auto", *backend_names())], "auto"),
     Option("vllm_python", "python interpreter of the vLLM environment", Text),
     Option("cpu_w4a8", "let vLLM's CPU build run W4A16 checkpoints with int8 activations on CPUs with AMX "
            "(VLLM_CPU_INT4_W4A8=1); off by default, so gates measure the 16-bit activations of a GPU deployment",

@@ -36,7 +36,8 @@ import torch  # noqa: E402
 
 from pytest_quant.build.checkpoint import _shape_model, batch_size, build_checkpoint, load_tokenizer  # noqa: E402
 from pytest_quant.build.calibration import CalibrationSpec  # noqa: E402
-from pytest_quant.evaluate.evaluator import EvalRun, evaluate, release_models  # noqa: E402
+from pytest_quant.evaluate.evaluator import EvalRun, evaluate  # noqa: E402
+from pytest_quant.evaluate.gpu_memory import release_models  # noqa: E402
 from pytest_quant.build.models import materialize, resolve_model  # noqa: E402
 from pytest_quant.build.recipes import RecipeSpec, check_shapes  # noqa: E402
 from pytest_quant.infra.store import Store  # noqa: E402

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from pytest_quant.build.calibration import CalibrationSpec
-from pytest_quant.evaluate.evaluator import ENGINES, GPU_BUDGET, GPU_ENGINE_SHARE
+from pytest_quant.evaluate.engine import ENGINES, GPU_BUDGET, GPU_ENGINE_SHARE
 from pytest_quant.session.settings import Settings
 from pytest_quant.build.recipes import RecipeSpec
 from pytest_quant.session.session import Case, QuantSession, Target

@@ -19,7 +19,8 @@ import pytest
 from pytest_quant.build.checkpoint import Checkpoint
 from pytest_quant.build.models import resolve_model
 from pytest_quant.build.recipes import RecipeSpec
-from pytest_quant.evaluate.evaluator import EvaluationFailed, ItemResults
+from pytest_quant.evaluate.engine import EvaluationFailed
+from pytest_quant.evaluate.evaluator import ItemResults
 from pytest_quant.infra.hardware import Device
 from pytest_quant.session.session import QuantSession
 

@@ -10,6 +10,7 @@ import pytest
 
 from pytest_quant.build.distributed import torchrun_command
 from pytest_quant.infra.errors import QuantUsageError
+from pytest_quant.evaluate.backends import make_backend
 from pytest_quant.evaluate.evaluator import model_args
 from pytest_quant.infra.hardware import Device, skip_reason
 from pytest_quant.session.settings import Settings
@@ -26,10 +27,10 @@ def test_build_gpus_become_a_torchrun_of_llmcompressor_distributed_oneshot() -> 
 
 
 def test_eval_gpus_become_tensor_parallel_or_parallelize() -> None:
-    assert model_args("vllm", Path("m"), "cuda", 4, False)["tensor_parallel_size"] == 4
-    assert "tensor_parallel_size" not in model_args("vllm", Path("m"), "cuda", 1, False)
-    assert model_args("hf", Path("m"), "cuda", 2, False)["parallelize"] is True
-    assert "parallelize" not in model_args("hf", Path("m"), "cuda", 1, False)
+    assert model_args(make_backend("vllm"), Path("m"), "cuda", 4, False)["tensor_parallel_size"] == 4
+    assert "tensor_parallel_size" not in model_args(make_backend("vllm"), Path("m"), "cuda", 1, False)
+    assert model_args(make_backend("hf"), Path("m"), "cuda", 2, False)["parallelize"] is True
+    assert "parallelize" not in model_args(make_backend("hf"), Path("m"), "cuda", 1, False)
 
 
 def test_gpu_options_resolve_like_every_other(quant_env: pytest.MonkeyPatch) -> None:
@@ -159,7 +160,7 @@ def test_each_xdist_worker_sees_only_its_gpus_unless_the_user_chose(monkeypatch)
 def test_tensor_parallel_that_does_not_divide_the_heads_is_a_usage_error(tmp_path: Path) -> None:
     """Found on two H200s: vLLM refused tensor_parallel_size=2 for SmolLM2-135M (9 attention heads) after the
     engine had started; the plugin says so before any engine starts."""
-    from pytest_quant.evaluate.evaluator import check_tensor_parallel
+    from pytest_quant.evaluate.backends.vllm import check_tensor_parallel
 
     (tmp_path / "config.json").write_text('{"num_attention_heads": 9}')
     with pytest.raises(QuantUsageError, match=r"--quant-eval-gpus 2: .* 9 attention heads .* use one of \[1, 3, 9\]"):

@@ -291,7 +291,7 @@ def test_missing_baseline_key_is_said(fake: pytest.Pytester) -> None:
     ('quant_accuracy(task="quant_facts", metric="acc", min_value=0.5, add_bos_token="yes")', "add_bos_token must be"),
     ('quant_bos(task="quant_facts", metric="acc", max_delta=-1)', "max_delta must not be negative"),
     ('quant_requires(gpu="H100")', "quant_requires got unknown argument(s) gpu"),
-    ('quant_requires(backend="tpu")', "backend must be 'vllm' or 'hf'"),
+    ('quant_requires(backend="tpu")', "backend must be one of 'vllm', 'hf', got 'tpu'"),
     ('quant_requires(gpus=0)', "gpus must be a positive integer"),
 ])
 def test_bad_marker_arguments_fail_collection(fake: pytest.Pytester, marker: str, message: str) -> None:

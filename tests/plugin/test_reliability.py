@@ -18,8 +18,11 @@ import pytest
 
 from pytest_quant.build.calibration import CalibrationSpec
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
-from pytest_quant.evaluate.evaluator import (EvalRun, EvaluationFailed, evaluate, probe_vllm, release_models, resolve_backend,
-                                   root_cause)
+from pytest_quant.evaluate.backends import resolve
+from pytest_quant.evaluate.backends.vllm import probe_vllm
+from pytest_quant.evaluate.engine import EvaluationFailed, root_cause
+from pytest_quant.evaluate.evaluator import EvalRun, evaluate
+from pytest_quant.evaluate.gpu_memory import release_models
 from pytest_quant.infra.store import Store
 
 FAKE_VLLM = """#!{python}
@@ -117,14 +120,21 @@ def test_hanging_vllm_is_killed_at_the_timeout(tmp_path: Path) -> None:
 
 
 def test_broken_or_missing_interpreter(tmp_path: Path) -> None:
+    def resolved(requested: str, python: str | None) -> tuple[str, str]:
+        backend, why = resolve(requested, {"vllm_python": python, "cpu_w4a8": False})
+        return backend.name, why
+
     with pytest.raises(QuantEnvironmentError, match="is not usable .*No module named 'vllm'.*scripts/setup.sh"):
-        resolve_backend("vllm", fake_vllm(tmp_path, "broken"))
+        resolved("vllm", fake_vllm(tmp_path, "broken"))
     with pytest.raises(QuantEnvironmentError, match="is not usable"):
-        resolve_backend("auto", fake_vllm(tmp_path, "broken"))  # configured, so it must work
+        resolved("auto", fake_vllm(tmp_path, "broken"))  # configured, so it must work
     with pytest.raises(QuantEnvironmentError, match="does not exist"):
-        resolve_backend("vllm", str(tmp_path / "nope"))
-    assert resolve_backend("auto", None) == ("hf", "no vLLM interpreter configured")
-    assert resolve_backend("vllm", fake_vllm(tmp_path, "ok"))[0] == "vllm"
+        resolved("vllm", str(tmp_path / "nope"))
+    with pytest.raises(QuantEnvironmentError, match="--quant-backend vllm needs the vLLM environment's interpreter"):
+        resolved("vllm", None)
+    assert resolved("auto", None) == ("hf", "no vLLM interpreter configured")
+    assert resolved("auto", fake_vllm(tmp_path, "ok")) == ("vllm", "vLLM interpreter configured")
+    assert resolved("vllm", fake_vllm(tmp_path, "ok")) == ("vllm", "asked for")
 
 
 def test_one_engine_serves_every_request_and_items_are_cached(tmp_path: Path) -> None:
@@ -186,10 +196,11 @@ def test_no_shell_and_no_remote_code_by_default() -> None:
     src = "".join(p.read_text() for p in (Path(__file__).parents[2] / "pytest_quant").rglob("*.py"))
     assert "shell=True" not in src and "os.system" not in src and "os.popen" not in src
     assert not re.search(r"trust_remote_code\s*=\s*True", src)
+    from pytest_quant.evaluate.backends import make_backend
     from pytest_quant.evaluate.evaluator import model_args
 
-    assert "trust_remote_code" not in model_args("vllm", Path("m"), "cpu", 1, False)
-    assert model_args("hf", Path("m"), "cpu", 1, True)["trust_remote_code"] is True
+    assert "trust_remote_code" not in model_args(make_backend("vllm"), Path("m"), "cpu", 1, False)
+    assert model_args(make_backend("hf"), Path("m"), "cpu", 1, True)["trust_remote_code"] is True
 
 
 def test_secrets_never_reach_reports_or_baselines(pytester: pytest.Pytester, monkeypatch) -> None:
@@ -208,7 +219,7 @@ def test_secrets_never_reach_reports_or_baselines(pytester: pytest.Pytester, mon
 
 
 def test_vllm_cpu_binding_splits_cores_between_xdist_workers(monkeypatch) -> None:
-    from pytest_quant.evaluate.evaluator import cpu_share
+    from pytest_quant.evaluate.backends.vllm import cpu_share
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
@@ -263,34 +274,53 @@ def test_an_engine_ends_when_the_process_that_started_it_is_killed() -> None:
     assert all(_gone(p) for p in pids), "the engine and its worker outlived the process that started them"
 
 
-def test_a_third_backend_is_one_registered_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Evaluation backends share one interface: a backend registered under a new name is evaluated, keyed and
-    cached by the same Evaluator as vLLM and transformers (an OpenAI-compatible server would answer here)."""
-    from pytest_quant import evaluate as ev
+ECHO_BACKEND = '''
+from pytest_quant.evaluate.backends.base import Backend
 
-    asked: list[dict] = []
+ASKED = []
 
-    class Echo(ev.Backend):
-        name = "echo"
 
-        def model_args(self, path, device, gpus, engine):
-            return {"pretrained": str(path), "base_url": "http://localhost:8000/v1"}
+class Echo(Backend):
+    name = "echo"
+    title = "an echo server"
 
-        def versions(self, evaluator):
-            return {"lm_eval": "0.4.13", "server": "1.0"}
+    def model_args(self, path, device, gpus, engine):
+        return {"pretrained": str(path), "base_url": "http://localhost:8000/v1"}
 
-        def answer(self, evaluator, request, env):
-            asked.append(request)
-            runs = {r["id"]: {"items": {str(i): {"acc": float(i % 2)} for i in r["samples"]}, "answers": {},
-                              "bos_prefix_counts": {"bos": len(r["samples"])}, "seconds": 0.1} for r in request["runs"]}
-            return {"runs": runs, "versions": {"lm_eval": "0.4.13"}, "kernels": []}
+    def versions(self):
+        return {"lm_eval": "0.4.13", "server": "1.0"}
 
-    monkeypatch.setitem(ev.BACKENDS, "echo", Echo())
+    def answer(self, request, env, device, timeout, log):
+        ASKED.append(request)
+        runs = {r["id"]: {"items": {str(i): {"acc": float(i % 2)} for i in r["samples"]}, "answers": {},
+                          "bos_prefix_counts": {"bos": len(r["samples"])}, "seconds": 0.1} for r in request["runs"]}
+        return {"runs": runs, "versions": {"lm_eval": "0.4.13"}, "kernels": []}
+'''
+
+
+def test_a_third_backend_is_one_class_in_the_entry_point_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation backends share one interface: a package that declares a Backend subclass in the entry-point group
+    ``pytest_quant.backends`` is evaluated, keyed and cached by the same Evaluator as vLLM and transformers (an
+    OpenAI-compatible server would answer here), and its name becomes a choice."""
+    from pytest_quant.evaluate import backends
+
+    site = tmp_path / "site"
+    info = site / "echo_backend-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / "echo_backend.py").write_text(ECHO_BACKEND)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-backend\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[pytest_quant.backends]\necho = echo_backend:Echo\n")
+    monkeypatch.syspath_prepend(str(site))
+    backends.get_backend.cache_clear()
+    monkeypatch.setattr(backends, "get_backend", backends.get_backend.__wrapped__)  # no class kept past this test
+    assert backends.names() == ("vllm", "hf", "echo")
     store = Store(tmp_path / "s")
     (first,) = evaluate(model_dir(tmp_path), {EvalRun("quant_facts"): list(range(6))}, store, backend="echo").values()
+    import echo_backend
+
     assert first.backend == "echo" and [first.items[i]["acc"] for i in range(6)] == [0.0, 1.0] * 3
-    assert asked[0]["model_args"]["base_url"] == "http://localhost:8000/v1"
+    assert echo_backend.ASKED[0]["model_args"]["base_url"] == "http://localhost:8000/v1"
     (again,) = evaluate(model_dir(tmp_path), {EvalRun("quant_facts"): list(range(6))}, store, backend="echo").values()
-    assert again.cached and len(asked) == 1
+    assert again.cached and len(echo_backend.ASKED) == 1
     with pytest.raises(QuantUsageError, match="unknown evaluation backend 'sglang': use one of vllm, hf, echo"):
         evaluate(model_dir(tmp_path), {EvalRun("quant_facts"): [0]}, store, backend="sglang")

@@ -334,7 +334,7 @@ def test_skips_follow_vllm_s_own_answer_where_there_is_one() -> None:
 def test_vllm_runner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """16-bit W4A16 activations on every CPU unless asked; on a CPU the engine runs in the runner's process; a
     config's env_vars win over both."""
-    from pytest_quant.evaluate.evaluator import vllm_env
+    from pytest_quant.evaluate.backends.vllm import vllm_env
 
     for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_INT4_W4A8", "VLLM_TARGET_DEVICE"):
         monkeypatch.delenv(name, raising=False)

