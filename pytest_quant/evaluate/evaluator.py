@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_quant.evaluate.backends import Backend, make_backend
+from pytest_quant.evaluate.backends.transformers import TransformersBackend
 from pytest_quant.evaluate.engine import RUNNER
 from pytest_quant.evaluate.tasks import Value, fewshot, task_digest, task_metrics, write_task_dir
 from pytest_quant.infra.errors import QuantError, QuantUsageError
@@ -187,7 +188,8 @@ class Evaluator:
         return out
 
 
-def evaluate(path: Path, wanted: dict[EvalRun, list[int]], store: Store, backend: str = "hf", **kwargs: Any
+def evaluate(path: Path, wanted: dict[EvalRun, list[int]], store: Store, backend: str = TransformersBackend.name,
+             **kwargs: Any
              ) -> dict[EvalRun, ItemResults]:
     """Per-item results of each run on the model at ``path`` (see :meth:`Evaluator.evaluate`); ``backend`` by name,
     with its own options among ``kwargs`` (vLLM: ``vllm_python``, ``cpu_w4a8``)."""

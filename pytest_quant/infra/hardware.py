@@ -1,33 +1,13 @@
-"""Which device can run which scheme: one table, and the skip decision built on it.
+"""The device (GPU or CPU), explicit hardware requirements, and the skip decision built on a backend's own answer.
 
-Capabilities are CUDA compute capabilities times ten (8.0 -> 80). The guides' minimums are used;
-vLLM's own code is more lenient in places, noted per row.
+Capabilities are CUDA compute capabilities times ten (8.0 -> 80). Which scheme runs where is each evaluation
+backend's answer (``supports``, evaluate/backends/); this module adds the requirements a test states.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
-
-
-@dataclass(frozen=True)
-class SchemeSupport:
-    min_capability: int
-    max_capability: int | None  # first capability that is NOT supported, or None
-    cpu_kernel: str | None  # vLLM's CPU kernel for it, None when vLLM's CPU backend has none
-    note: str
-
-
-SUPPORT: dict[str, SchemeSupport] = {
-    "W4A16": SchemeSupport(80, None, "CPUWNA16LinearKernel",
-                           "guide: INT4 W4A16 needs 8.0+ (Ampere, Ada, Hopper, Blackwell); vLLM's "
-                           "CompressedTensorsWNA16.get_min_capability() says 7.5"),
-    "W8A8": SchemeSupport(75, 100, "CPUInt8ScaledMMLinearKernel",
-                          "guide: INT8 W8A8 needs 7.5+ (Turing to Hopper); not on 10.0+ (Blackwell has no INT8 "
-                          "tensor-core GEMM in vLLM's CUTLASS kernels)"),
-    "W8A16": SchemeSupport(80, None, None,
-                           "vLLM's CPU WNA16 kernel takes 4-bit weights only (uint4, uint4b8): no CPU kernel"),
-}
 
 
 @dataclass(frozen=True)
@@ -61,27 +41,9 @@ def detect_device() -> Device:
     return Device("cpu", platform.processor() or platform.machine())
 
 
-def skip_reason(scheme: str | None, device: Device, backend: str, min_capability: int | None = None,
-                max_capability: int | None = None, gpus: int | None = None,
-                gpu_memory_gib: float | None = None, vllm_support: dict[str, dict[str, str]] | None = None
-                ) -> str | None:
-    """Why a test of ``scheme`` on ``device`` with ``backend`` cannot run, or None when it can.
-
-    ``vllm_support`` is vLLM's own answer for this device (evaluate.probe_schemes): where it is given, it decides
-    for the scheme and the table below is not used. Explicit requirements (from ``quant_requires``) are checked
-    on top.
-    """
-    answer = (vllm_support or {}).get(scheme or "")
-    if answer is not None:
-        if "error" in answer:
-            why = answer["error"] if len(answer["error"]) <= 400 else answer["error"][:400] + " ..."
-            return f"{scheme}: vLLM cannot run it on {device.describe()}: {why}"
-        scheme = None  # vLLM has a kernel for it: only the explicit requirements remain
-    row = SUPPORT.get(scheme) if scheme else None
-    need_min = max(filter(None, [min_capability, row.min_capability if row and device.kind == "cuda" else None]),
-                   default=None)
-    need_max = min(filter(None, [max_capability, row.max_capability if row and device.kind == "cuda" else None]),
-                   default=None)
+def requirement_reason(device: Device, min_capability: int | None = None, max_capability: int | None = None,
+                       gpus: int | None = None, gpu_memory_gib: float | None = None) -> str | None:
+    """Why ``device`` does not meet explicit requirements (``quant_requires``: capability, GPUs, memory), or None."""
     found = device.describe()
     if gpus and gpus > 1 and device.count < gpus:
         return f"needs {gpus} GPUs, found {found}"
@@ -90,36 +52,33 @@ def skip_reason(scheme: str | None, device: Device, backend: str, min_capability
     if device.kind == "cpu":
         if min_capability is not None:
             return f"needs a CUDA GPU of capability {min_capability / 10:.1f}+, found {found}"
-        if row is not None and backend == "vllm" and row.cpu_kernel is None:
-            return f"{scheme}: vLLM's CPU backend has no kernel for it ({row.note}); found {found}"
         return None
     assert device.capability is not None
-    if need_min is not None and device.capability < need_min:
-        return f"{scheme or 'test'} needs capability {need_min / 10:.1f}+, found {found}"
-    if need_max is not None and device.capability >= need_max:
-        return f"{scheme or 'test'} is not supported on capability {need_max / 10:.1f}+, found {found}"
+    if min_capability is not None and device.capability < min_capability:
+        return f"test needs capability {min_capability / 10:.1f}+, found {found}"
+    if max_capability is not None and device.capability >= max_capability:
+        return f"test is not supported on capability {max_capability / 10:.1f}+, found {found}"
     return None
 
 
-
-def why_skip(device: Device, backend: str, backend_reason: str, scheme: str | None, requires: Sequence[Any] = (),
-             gpus: int = 1, backend_needed: str | None = None,
-             vllm_support: dict[str, dict[str, str]] | None = None) -> str | None:
-    """Why a test cannot run here, or None: its scheme, GPU count, ``quant_requires`` marks and backend.
+def why_skip(device: Device, backend: Any, backend_reason: str, scheme: str | None, requires: Sequence[Any] = (),
+             gpus: int = 1, backend_needed: str | None = None) -> str | None:
+    """Why a test cannot run here, or None: its scheme (the ``backend`` object's own answer, ``supports``), GPU
+    count, ``quant_requires`` marks and the backend a test names.
 
     ``requires`` holds parsed ``quant_requires`` marks (scheme, min/max_capability, backend, gpus,
     gpu_memory_gib); ``backend_needed`` is a backend the test itself names (a YAML config's lm-eval model).
     The one place where markers, the shipped suite and YAML items get their skips.
     """
-    reason = skip_reason(scheme, device, backend, vllm_support=vllm_support) if scheme else None
+    reason = backend.supports(scheme, device) if scheme else None
     if reason is None and gpus > 1:
-        reason = skip_reason(None, device, backend, gpus=gpus)
+        reason = requirement_reason(device, gpus=gpus)
     for r in requires:
-        reason = reason or skip_reason(r.scheme, device, backend, r.min_capability, r.max_capability, r.gpus,
-                                       r.gpu_memory_gib, vllm_support)
+        reason = reason or (backend.supports(r.scheme, device) if r.scheme else None) or requirement_reason(
+            device, r.min_capability, r.max_capability, r.gpus, r.gpu_memory_gib)
         backend_needed = backend_needed or r.backend
-    if reason is None and backend_needed and backend_needed != backend:
-        reason = f"needs the {backend_needed} backend; this session uses {backend} ({backend_reason})"
+    if reason is None and backend_needed and backend_needed != backend.name:
+        reason = f"needs the {backend_needed} backend; this session uses {backend.name} ({backend_reason})"
     return reason
 
 

@@ -249,12 +249,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if case is not None:
             _group_in_node_id(item, case.id)
             gpus = max(qs.settings.get("build_gpus"), qs.settings.get("eval_gpus"))
-            backend = qs.eval_backend(case.scheme)
-            reason = why_skip(qs.device, backend, qs.backend_reason, case.scheme, specs["quant_requires"], gpus,
-                              vllm_support=qs.vllm_support if backend == "vllm" else None)
+            reason = why_skip(qs.device, qs.supported(qs.eval_backend(case.scheme)), qs.backend_reason, case.scheme,
+                              specs["quant_requires"], gpus)
         else:
-            reason = why_skip(qs.device, qs.backend, qs.backend_reason, None, specs["quant_requires"],
-                              vllm_support=qs.vllm_support)
+            reason = why_skip(qs.device, qs.supported(qs.backend), qs.backend_reason, None, specs["quant_requires"])
         if reason:
             item.add_marker(pytest.mark.skip(reason=reason))
 

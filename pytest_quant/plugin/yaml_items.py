@@ -272,9 +272,8 @@ class QuantYamlItem(pytest.Item):
         """Skip what this device cannot run; ``backend``: the one the config names (None: silent, the session's
         choice serves, as --quant-backend auto picks per scheme)."""
         qs = self.qs
-        used = qs.eval_backend(scheme)
-        reason = why_skip(qs.device, used, qs.why_not_vllm(scheme) or qs.backend_reason, scheme, (), gpus, backend,
-                          qs.vllm_support if used == "vllm" else None)
+        reason = why_skip(qs.device, qs.supported(qs.eval_backend(scheme)), qs.why_other(scheme) or qs.backend_reason,
+                          scheme, (), gpus, backend)
         if reason:
             pytest.skip(reason)
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from pytest_quant.gate.baseline import Baseline
 from pytest_quant.build.checkpoint import Checkpoint
+from pytest_quant.evaluate.backends.transformers import TransformersBackend
 from pytest_quant.evaluate.evaluator import EvalRun
 from pytest_quant.gate.scores import Threshold, Verdict, aggregate, bos_loss_scores, bound_scores, combine, is_ratio
 from pytest_quant.session.markers import AccuracySpec, BosSpec
@@ -154,10 +155,11 @@ def gate(session: QuantSession, plan: GatePlan, run: EvalRun, metric: str, t: Th
 
 
 def _measured(session: QuantSession, scheme: str, *results: Any) -> tuple[list[str], dict[str, Any]]:
-    """Notes for results measured on another machine (once each) and for a scheme vLLM could not run here, and
+    """Notes for results measured on another machine (once each) and for a scheme the session's backend could not
+    run here, and
     the quantized model's numerics."""
     notes = list(dict.fromkeys(r.elsewhere for r in results if r is not None and r.elsewhere))
-    fallback = session.why_not_vllm(scheme)
+    fallback = session.why_other(scheme)
     return notes + ([fallback] if fallback else []), results[0].numerics
 
 
@@ -310,5 +312,5 @@ def run_fidelity(session: QuantSession, case: Case) -> GateRow:
                f"over {f['prompts']} prompts, {f['tokens']} tokens; {_summary(v, f['prompts'], 1)}")
     return _decided(session, overall, decisions, model=case.model, scheme=case.scheme, task="fidelity", metric="kl",
                     message=message, threshold=f"max_kl={max_kl:g}, min_top1={min_top1:g}, alpha={alpha:g}",
-                    quantized=f["kl"], n=f["prompts"], looks=1, backend="hf",
+                    quantized=f["kl"], n=f["prompts"], looks=1, backend=TransformersBackend.name,
                     extra={"top1_agreement": f["top1_agreement"], "tokens": f["tokens"]})

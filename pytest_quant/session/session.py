@@ -8,7 +8,6 @@ one model load per evaluation round.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +17,16 @@ from pytest_quant.build.checkpoint import Checkpoint, build_checkpoint, given_ch
 from pytest_quant.build.calibration import CalibrationSpec
 from pytest_quant.infra.errors import QuantUsageError
 from pytest_quant.evaluate.backends import Backend, get_backend, resolve
-from pytest_quant.evaluate.backends.vllm import SCHEME_PROBE, probe_schemes, probe_vllm
+from pytest_quant.evaluate.backends import names as backend_names
 from pytest_quant.evaluate.evaluator import EvalRun, Evaluator, ItemResults
 from pytest_quant.evaluate.gpu_memory import gpu_work
 from pytest_quant.evaluate.fidelity import fidelity
 from pytest_quant.infra.hardware import Device, detect_device, xdist_worker
-from pytest_quant.infra.machine import cpu_dtype, signature
 from pytest_quant.build.models import as_is, materialize, resolve_model
 from pytest_quant.session.settings import Settings
 from pytest_quant.build.recipes import SCHEMES, RecipeSpec
 from pytest_quant.gate.stats import plan_looks
-from pytest_quant.infra.store import Store, digest
+from pytest_quant.infra.store import Store
 from pytest_quant.evaluate.tasks import item_order, task_size
 
 
@@ -92,7 +90,7 @@ class QuantSession:
         self.requested_backend = settings.get("backend")
         self._backend: tuple[Backend, str] | None = None
         self._device: Device | None = None
-        self._support: dict[str, dict[str, str]] | None = None
+        self._supported: dict[str, Backend] = {}
         self._checkpoints: dict[Any, Checkpoint] = {}
         self._bases: dict[str, tuple[Path, Any]] = {}
         self._checked: set[Case] = set()
@@ -115,9 +113,9 @@ class QuantSession:
 
     def backend_object(self, name: str) -> Backend:
         """Backend ``name`` with this session's options (the session's own object for its backend)."""
-        self.backend  # noqa: B018  (resolves it)
-        assert self._backend is not None
-        return self._backend[0] if name == self._backend[0].name else get_backend(name).from_settings(self.settings)
+        if name == self.backend and self._backend is not None:
+            return self._backend[0]
+        return get_backend(name).from_settings(self.settings)
 
     @property
     def backend_reason(self) -> str:
@@ -125,49 +123,38 @@ class QuantSession:
         assert self._backend is not None
         return self._backend[1]
 
-    @property
-    def vllm_support(self) -> dict[str, dict[str, str]] | None:
-        """vLLM's answer (its interpreter asked once, kept in the store by vLLM version and device) to which
-        kernel runs each scheme on this device; None without the vLLM backend (the skip table decides)."""
-        if self.backend != "vllm":
-            return None
-        if self._support is None:
+    def supported(self, name: str) -> Backend:
+        """Backend ``name`` knowing which of the schemes it can run on this device (asked once per session)."""
+        if name not in self._supported:
             schemes = {}
-            for name, row in SCHEMES.items():
+            for scheme, row in SCHEMES.items():
                 gs = self.settings.get("group_size")
-                schemes[name] = {"weight_only": row["act_bits"] == 16, "bits": row["weight_bits"],
-                                 "group_size": gs if isinstance(gs, int) else row["group_size"] or -1,
-                                 "g_idx": self.settings.get("actorder") in ("group",)}
-            capability = self.device.capability if self.device.kind == "cuda" else None
-            act = cpu_dtype() if capability is None else "bfloat16"
-            material = {"versions": probe_vllm(self.vllm_python or ""), "capability": capability, "schemes": schemes,
-                        "probe": digest(SCHEME_PROBE), "act_dtype": act, "cpu": signature()["isa"]}
-
-            def ask(out: Path) -> dict[str, Any]:
-                answer = probe_schemes(self.vllm_python or "", capability, json.dumps(schemes, sort_keys=True), act)
-                (out / "support.json").write_text(json.dumps(answer))
-                return {}
-
-            entry = self.store.get_or_create("vllm-support", material, ask, label="vLLM's scheme support")
-            self._support = json.loads((entry.path / "support.json").read_text())
-        return self._support
+                schemes[scheme] = {"weight_only": row["act_bits"] == 16, "bits": row["weight_bits"],
+                                   "group_size": gs if isinstance(gs, int) else row["group_size"] or -1,
+                                   "g_idx": self.settings.get("actorder") in ("group",)}
+            self._supported[name] = self.backend_object(name).for_device(self.store, self.device, schemes)
+        return self._supported[name]
 
     def eval_backend(self, scheme: str | None) -> str:
         """The backend that evaluates ``scheme``'s checkpoints and, paired with them, their base model: the
-        session's; with --quant-backend auto, transformers for a scheme vLLM has no kernel for on this device
-        (vLLM's CPU build has no W4A16 kernel on CPUs without AVX-512 or native bf16). With --quant-backend vllm
-        such a scheme is skipped instead (hardware.why_skip)."""
-        support = self.vllm_support
-        if support and self.requested_backend == "auto" and "error" in support.get(scheme or "", {}):
-            return "hf"
+        session's; with --quant-backend auto, the first backend (in the registry's order) that can run a scheme
+        the session's cannot here (vLLM's CPU build has no W4A16 kernel on CPUs without AVX-512 or native bf16:
+        transformers). With a backend named, such a scheme is skipped instead (hardware.why_skip)."""
+        if self.requested_backend != "auto" or not scheme or not self.supported(self.backend).supports(scheme, self.device):
+            return self.backend
+        for name in backend_names():
+            if name != self.backend and self.backend_object(name).available(asked=False) is None \
+                    and not self.supported(name).supports(scheme, self.device):
+                return name
         return self.backend
 
-    def why_not_vllm(self, scheme: str | None) -> str | None:
-        """Why ``scheme`` is evaluated with transformers although vLLM is configured, or None."""
-        if self.backend == "vllm" and self.eval_backend(scheme) == "hf":
-            return (f"evaluated with transformers: vLLM cannot run {scheme} here "
-                    f"({(self.vllm_support or {})[scheme or '']['error'][:200]})")
-        return None
+    def why_other(self, scheme: str | None) -> str | None:
+        """Why ``scheme`` is evaluated with another backend than the session's, or None."""
+        other = self.eval_backend(scheme)
+        if other == self.backend:
+            return None
+        why = self.supported(self.backend).supports(scheme, self.device) or ""
+        return f"evaluated with {self.backend_object(other).title}: {why[:300]}"
 
     @property
     def device(self) -> Device:

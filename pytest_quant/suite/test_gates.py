@@ -39,13 +39,14 @@ def test_fidelity(request: pytest.FixtureRequest, quant_session: QuantSession, q
 
 
 def test_vllm_kernel(quant_session: QuantSession, quant_case: Case) -> None:
-    """With vLLM, the checkpoint runs on the kernel vLLM itself names for this scheme on this device."""
-    support = quant_session.vllm_support
-    if support is None or quant_session.eval_backend(quant_case.scheme) != "vllm":
-        pytest.skip(quant_session.why_not_vllm(quant_case.scheme)
-                    or f"checks vLLM's kernel choice; this session evaluates with {quant_session.backend}")
+    """The checkpoint runs on the kernel its backend itself names for this scheme on this device (vLLM's choice)."""
+    name = quant_session.eval_backend(quant_case.scheme)
+    backend = quant_session.supported(name)
+    expected = backend.kernel(quant_case.scheme)
+    if expected is None:
+        pytest.skip(quant_session.why_other(quant_case.scheme)
+                    or f"checks the backend's kernel choice; {backend.title} names no kernel for {quant_case.scheme}")
     task = quant_session.settings.get("task")[0]
     ids = quant_session.order(task)[:quant_session.looks(task)[0]]
-    result = quant_session.items(Target.of(quant_case, backend="vllm"), quant_session.run(task), ids)
-    expected = support[quant_case.scheme]["kernel"]
-    assert expected in result.kernels, f"vLLM used {result.kernels}, its kernel choice for this device is {expected}"
+    result = quant_session.items(Target.of(quant_case, backend=name), quant_session.run(task), ids)
+    assert expected in result.kernels, f"{backend.title} used {result.kernels}, its kernel choice here is {expected}"

@@ -19,6 +19,7 @@ import pytest
 from pytest_quant.build.checkpoint import Checkpoint
 from pytest_quant.build.models import resolve_model
 from pytest_quant.build.recipes import RecipeSpec
+from pytest_quant.evaluate.backends import Backend, make_backend
 from pytest_quant.evaluate.engine import EvaluationFailed
 from pytest_quant.evaluate.evaluator import ItemResults
 from pytest_quant.infra.hardware import Device
@@ -72,9 +73,9 @@ class FakeSession(QuantSession):
     def device(self) -> Device:
         return Device(*env_json("FAKE_DEVICE", '["cpu", "x86_64"]'))
 
-    @property
-    def vllm_support(self) -> dict[str, dict[str, str]] | None:
-        return env_json("FAKE_SUPPORT", "null")
+    def supported(self, name: str) -> Backend:
+        """The backend with FAKE_SUPPORT as vLLM's answer (other backends take no such option)."""
+        return make_backend(name, support=env_json("FAKE_SUPPORT", "null"))
 
 
 @pytest.hookimpl

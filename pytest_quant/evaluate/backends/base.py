@@ -29,6 +29,19 @@ class Backend:
         where it is configured but broken)."""
         return None
 
+    def for_device(self, store: Any, device: Any, schemes: dict[str, dict[str, Any]]) -> "Backend":
+        """This backend knowing which of ``schemes`` ({name: {'weight_only', 'bits', 'group_size', 'g_idx'}}) it
+        can run on ``device`` (infra.hardware.Device); asked once, kept in ``store`` where asking is slow."""
+        return self
+
+    def supports(self, scheme: str | None, device: Any) -> str | None:
+        """None when ``scheme`` runs on ``device`` with this backend; else one line saying why not."""
+        return None
+
+    def kernel(self, scheme: str) -> str | None:
+        """The kernel this backend itself names for ``scheme`` here (vLLM: its own choice), or None."""
+        return None
+
     def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:
         """lm-eval model arguments (``engine``: a YAML config's fields, this backend's own taken out of it)."""
         raise NotImplementedError

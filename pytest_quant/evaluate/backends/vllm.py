@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -16,7 +16,8 @@ from pytest_quant.evaluate.engine import ENGINES, GPU_ENGINE_SHARE, root_cause, 
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
 from pytest_quant.infra.exits import signal_note
 from pytest_quant.infra.hardware import xdist_worker
-from pytest_quant.infra.machine import cpu_dtype, emulation
+from pytest_quant.infra.machine import cpu_dtype, emulation, signature
+from pytest_quant.infra.store import digest
 
 
 @lru_cache(maxsize=None)
@@ -159,6 +160,43 @@ def vllm_env(device: str, extra: dict[str, str], cpu_w4a8: bool = False) -> dict
 
 
 @dataclass(frozen=True)
+class SchemeSupport:
+    """The guides' hardware table for a scheme, used where vLLM itself was not asked."""
+    min_capability: int
+    max_capability: int | None  # first capability that is NOT supported, or None
+    cpu_kernel: str | None  # vLLM's CPU kernel for it, None when vLLM's CPU backend has none
+    note: str
+
+
+# Capabilities are CUDA compute capabilities times ten (8.0 -> 80). The guides' minimums; vLLM's own code is more
+# lenient in places (noted per row), and vLLM's own answer (probe_schemes) decides wherever it was asked.
+KERNELS: dict[str, SchemeSupport] = {
+    "W4A16": SchemeSupport(80, None, "CPUWNA16LinearKernel",
+                           "guide: INT4 W4A16 needs 8.0+ (Ampere, Ada, Hopper, Blackwell); vLLM's "
+                           "CompressedTensorsWNA16.get_min_capability() says 7.5"),
+    "W8A8": SchemeSupport(75, 100, "CPUInt8ScaledMMLinearKernel",
+                          "guide: INT8 W8A8 needs 7.5+ (Turing to Hopper); not on 10.0+ (Blackwell has no INT8 "
+                          "tensor-core GEMM in vLLM's CUTLASS kernels)"),
+    "W8A16": SchemeSupport(80, None, None,
+                           "vLLM's CPU WNA16 kernel takes 4-bit weights only (uint4, uint4b8): no CPU kernel"),
+}
+
+
+def table_reason(scheme: str, device: Any) -> str | None:
+    """Why the guides' table says ``scheme`` cannot run on ``device`` with vLLM, or None."""
+    row, found = KERNELS.get(scheme), device.describe()
+    if row is None:
+        return None
+    if device.kind == "cpu":
+        return f"{scheme}: vLLM's CPU backend has no kernel for it ({row.note}); found {found}" if row.cpu_kernel is None else None
+    if device.capability < row.min_capability:
+        return f"{scheme} needs capability {row.min_capability / 10:.1f}+, found {found}"
+    if row.max_capability is not None and device.capability >= row.max_capability:
+        return f"{scheme} is not supported on capability {row.max_capability / 10:.1f}+, found {found}"
+    return None
+
+
+@dataclass(frozen=True)
 class VllmBackend(Backend):
     """vLLM in its own interpreter (``python``): a runner process per model, kept alive across requests
     (``engine.ENGINES``); ``cpu_w4a8`` lets vLLM's CPU build run W4A16 as W4A8 on AMX (:func:`vllm_env`)."""
@@ -167,6 +205,7 @@ class VllmBackend(Backend):
     chosen: ClassVar[str] = "vLLM interpreter configured"
     python: str | None = None
     cpu_w4a8: bool = False
+    support: dict[str, dict[str, str]] | None = field(default=None, compare=False)  # vLLM's answer (for_device)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "VllmBackend":
@@ -181,6 +220,38 @@ class VllmBackend(Backend):
             return "no vLLM interpreter configured"
         probe_vllm(self.python)  # a configured interpreter must work
         return None
+
+    def for_device(self, store: Any, device: Any, schemes: dict[str, dict[str, Any]]) -> "VllmBackend":
+        """vLLM's own answer (its interpreter asked once, kept in the store by vLLM version, device, schemes and
+        the CPU dtype) to which kernel runs each scheme here."""
+        capability = device.capability if device.kind == "cuda" else None
+        act = cpu_dtype() if capability is None else "bfloat16"
+        material = {"versions": probe_vllm(self.python or ""), "capability": capability, "schemes": schemes,
+                    "probe": digest(SCHEME_PROBE), "act_dtype": act, "cpu": signature()["isa"]}
+
+        def ask(out: Path) -> dict[str, Any]:
+            answer = probe_schemes(self.python or "", capability, json.dumps(schemes, sort_keys=True), act)
+            (out / "support.json").write_text(json.dumps(answer))
+            return {}
+
+        entry = store.get_or_create("vllm-support", material, ask, label="vLLM's scheme support")
+        return replace(self, support=json.loads((entry.path / "support.json").read_text()))
+
+    def supports(self, scheme: str | None, device: Any) -> str | None:
+        """vLLM's own answer where it was asked (for_device), else the guides' table."""
+        if scheme is None:
+            return None
+        answer = (self.support or {}).get(scheme)
+        if answer is None:
+            return table_reason(scheme, device)
+        if "error" not in answer:
+            return None
+        why = answer["error"] if len(answer["error"]) <= 400 else answer["error"][:400] + " ..."
+        return f"{scheme}: vLLM cannot run it on {device.describe()}: {why}"
+
+    def kernel(self, scheme: str) -> str | None:
+        """The kernel vLLM named for ``scheme`` on this device (for_device), or None."""
+        return (self.support or {}).get(scheme, {}).get("kernel")
 
     def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:
         args: dict[str, Any] = {"pretrained": str(path), "max_model_len": 2048, "seed": 0, "batch_size": "auto",
