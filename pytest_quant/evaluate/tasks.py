@@ -245,4 +245,22 @@ def write_task_dir(out: Path) -> Path:
 
 
 def higher_is_better(metric: str) -> bool:
+    """Whether larger values of ``metric`` are better: lm-eval's own answer (the ``higher_is_better`` its metric
+    registry holds, for the name before a filter suffix: ``exact_match,strict-match``); by the name's words only for
+    metrics lm-eval does not register (pytest-quant's ``kl``, a task's own ``loss``)."""
+    known = _lm_eval_directions()
+    name = metric.split(",")[0]
+    if name in known:
+        return known[name]
     return not any(word in metric.lower() for word in LOWER_IS_BETTER)
+
+
+@lru_cache(maxsize=1)
+def _lm_eval_directions() -> dict[str, bool]:
+    """lm-eval's metric registry: metric name -> higher_is_better (empty where lm-eval is not installed)."""
+    try:
+        import lm_eval.api.metrics  # noqa: F401  (registers lm-eval's metrics; imports no torch)
+        from lm_eval.api.registry import HIGHER_IS_BETTER_REGISTRY
+    except ImportError:
+        return {}
+    return dict(HIGHER_IS_BETTER_REGISTRY)

@@ -89,3 +89,14 @@ def test_threshold_validation() -> None:
     assert isclose(0.70, 0.75, 0.08) and not isclose(0.60, 0.75, 0.08) and not isclose(0.90, 0.75, 0.08)
 
 
+
+
+def test_metric_direction_is_lm_evals_own() -> None:
+    """lm-eval's registry decides (ter and brier_score are lower-is-better with no hint in their names); the name's
+    words only for metrics lm-eval does not register."""
+    from pytest_quant.evaluate.tasks import higher_is_better
+
+    assert higher_is_better("acc") and higher_is_better("exact_match,strict-match") and higher_is_better("f1")
+    assert not higher_is_better("word_perplexity") and not higher_is_better("bits_per_byte")
+    assert not higher_is_better("ter") and not higher_is_better("brier_score")
+    assert not higher_is_better("kl") and not higher_is_better("train_loss") and higher_is_better("my_score")
