@@ -86,7 +86,6 @@ class QuantSession:
         self._store_problem = cache_problem
         self.rebuild = bool(settings.get("rebuild"))
         self.trust_remote_code = bool(settings.get("trust_remote_code"))
-        self.vllm_python = settings.get("vllm_python")
         self.requested_backend = settings.get("backend")
         self._backend: tuple[Backend, str] | None = None
         self._device: Device | None = None
