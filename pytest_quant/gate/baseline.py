@@ -20,6 +20,7 @@ from pytest_quant.infra.errors import QuantUsageError
 from pytest_quant.gate.scores import Threshold, bound_scores
 from pytest_quant.infra.machine import describe, same
 from pytest_quant.gate.stats import judge
+from pytest_quant.gate.verdict import GateRow
 from pytest_quant.infra.store import atomic_write_text
 from pytest_quant.evaluate.tasks import higher_is_better
 
@@ -138,7 +139,7 @@ def _differences(entry: dict[str, Any], settings: dict[str, Any], versions: dict
     return out
 
 
-def save_baseline(path: Path | str, rows: list[dict[str, Any]], overwrite: bool) -> int:
+def save_baseline(path: Path | str, rows: list[GateRow], overwrite: bool) -> int:
     """Write the accuracy rows into a baseline file, keeping its entries that this run did not measure.
 
     An existing file is only updated with ``overwrite`` (--quant-overwrite-baseline).
@@ -146,14 +147,13 @@ def save_baseline(path: Path | str, rows: list[dict[str, Any]], overwrite: bool)
     path = Path(path)
     metrics = {}
     for r in rows:
-        extra = r.get("extra", {})
-        if not (r.get("key") and "settings" in extra and r.get("quantized") is not None):
+        d = r.extra
+        if not (r.key and d.settings is not None and r.quantized is not None):
             continue
-        items = extra.get("items") or {}
-        metrics[r["key"]] = {"value": r["quantized"], "stderr": extra.get("stderr"), "n": r.get("n"),
-                             "settings": extra.get("settings", {}), "versions": extra.get("versions", {}),
-                             "task_digest": extra.get("task_digest"), "machine": extra.get("machine"),
-                             "items": {"ids": items.get("ids", []), "values": items.get("quantized", [])}}
+        metrics[r.key] = {"value": r.quantized, "stderr": d.stderr, "n": r.n, "settings": d.settings,
+                          "versions": d.versions or {}, "task_digest": d.task_digest, "machine": d.machine,
+                          "items": {"ids": d.items.ids if d.items else [],
+                                    "values": (d.items.quantized if d.items else None) or []}}
     if path.exists() and not overwrite:
         raise QuantUsageError(f"baseline file {path} exists; pass --quant-overwrite-baseline to update it")
     merged = {**(_read(path)["metrics"] if path.exists() else {}), **metrics}

@@ -163,7 +163,7 @@ def _report_refusal(config: pytest.Config, reason: str) -> None:
     if not path or hasattr(config, "workerinput") or not Path(path).resolve().parent.is_dir():
         return  # no report asked for, or its directory is missing (the refusal may be about that): nothing created
     try:
-        write_report(path, [error_row("pytest-quant", {}, f"refused: {reason}").as_dict()], ["pytest-quant"],
+        write_report(path, [error_row("pytest-quant", {}, f"refused: {reason}")], ["pytest-quant"],
                      pytest.ExitCode.USAGE_ERROR, {"machine": signature()})
     except OSError:
         pass
@@ -172,7 +172,7 @@ def _report_refusal(config: pytest.Config, reason: str) -> None:
 def _refuse(config: pytest.Config, reason: str, row: bool = True) -> NoReturn:
     """Stop a run refused after its start (collection): an ERROR row for the report, then a usage error (exit 4)."""
     if row:
-        config.stash[COLLECTOR].rows.append(error_row("pytest-quant", {}, f"refused: {reason}").as_dict())
+        config.stash[COLLECTOR].rows.append(error_row("pytest-quant", {}, f"refused: {reason}"))
     raise pytest.UsageError(f"pytest-quant: {reason}") from None
 
 
@@ -311,7 +311,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("pytest-quant gates")
     terminalreporter.write_line(table(rows))
     for r in rows:
-        terminalreporter.write_line(f"- {r['model']} {r['scheme']} {r['task']}: {r['message']}")
+        terminalreporter.write_line(f"- {r.model} {r.scheme} {r.task}: {r.message}")
         for line in flip_lines(r):
             terminalreporter.write_line(line)
     terminalreporter.write_line(f"backend: {qs.backend} ({qs.backend_reason}); device: {qs.device.describe()}; "

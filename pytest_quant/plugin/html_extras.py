@@ -14,20 +14,20 @@ from typing import Any, Iterator
 
 import pytest
 
+from pytest_quant.gate.verdict import GateRow
 from pytest_quant.plugin.rows import ROW_PROPERTY
 from pytest_quant.plugin.summary import SYMBOLS, describe_item, flips, plot
 
 
-def gate_html(row: dict[str, Any]) -> str:
+def gate_html(row: GateRow) -> str:
     """One gate as HTML: verdict, message, and every item it lost (with the prompt and target where bundled)."""
-    head = f"{SYMBOLS.get(row.get('verdict', ''), '')} {row.get('scheme')} {row.get('task')} {row.get('metric')}: " \
-           f"{row.get('verdict')}"
-    parts = [f"<p><b>{html.escape(head)}</b></p>", f"<p>{html.escape(str(row.get('message', '')))}</p>"]
+    head = f"{SYMBOLS.get(row.verdict, '')} {row.scheme} {row.task} {row.metric}: {row.verdict}"
+    parts = [f"<p><b>{html.escape(head)}</b></p>", f"<p>{html.escape(row.message)}</p>"]
     f = flips(row)
     if f:
         parts.append(f"<p>{len(f['lost'])} of {f['items']} items {html.escape(f['lost_means'])}, "
                      f"{len(f['gained'])} the reverse:</p>")
-        lines = (describe_item(row["task"], i, f["answers"].get(i)) for i in f["lost"])
+        lines = (describe_item(row.task, i, f["answers"].get(i)) for i in f["lost"])
         parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
     return "".join(parts)
 
@@ -41,7 +41,7 @@ class HtmlExtras:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
         report = yield
-        rows = [v for k, v in item.user_properties if k == ROW_PROPERTY]
+        rows = [GateRow.from_dict(v) for k, v in item.user_properties if k == ROW_PROPERTY]
         if report.when == "call" and rows:
             extras = list(getattr(report, "extras", []))
             extras += [self.extras.html(gate_html(r)) for r in rows]

@@ -62,28 +62,27 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def _verdict(r: dict[str, Any]) -> str:
-    v = r.get("verdict", "?")
-    if v == "UNDECIDED":
-        return f"UNDECIDED->{'pass' if r.get('passed') else r.get('outcome') or 'fail'}"
-    return v
+def _verdict(r: GateRow) -> str:
+    if r.verdict == "UNDECIDED":
+        return f"UNDECIDED->{'pass' if r.passed else r.outcome or 'fail'}"
+    return r.verdict
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[GateRow]) -> str:
     """A fixed-width text table, one line per gate."""
-    body = [[_verdict(r) if key == "verdict" else _cell(r.get(key)) for key, _ in COLUMNS] for r in rows]
+    body = [[_verdict(r) if key == "verdict" else _cell(getattr(r, key)) for key, _ in COLUMNS] for r in rows]
     header = [title for _, title in COLUMNS]
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def passed(rows: list[dict[str, Any]], failed_tests: list[str], exitstatus: int) -> bool:
+def passed(rows: list[GateRow], failed_tests: list[str], exitstatus: int) -> bool:
     """True only when pytest exited 0, no test failed or errored, and every gate passed its test."""
-    return exitstatus == 0 and not failed_tests and all(r.get("passed") or r.get("outcome") == "xfailed" for r in rows)
+    return exitstatus == 0 and not failed_tests and all(r.passed or r.outcome == "xfailed" for r in rows)
 
 
-def write_summary(path: str | None, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+def write_summary(path: str | None, rows: list[GateRow], meta: dict[str, Any]) -> None:
     """The Markdown summary (--quant-summary PATH, with the gates' figure beside it as PATH.png when matplotlib is
     installed), appended to $GITHUB_STEP_SUMMARY when that is set (GitHub Actions renders it)."""
     import os
@@ -107,11 +106,11 @@ def write_summary(path: str | None, rows: list[dict[str, Any]], meta: dict[str, 
             f.write(text)
 
 
-def write_report(path: Path | str, rows: list[dict[str, Any]], failed_tests: list[str], exitstatus: int,
+def write_report(path: Path | str, rows: list[GateRow], failed_tests: list[str], exitstatus: int,
                  meta: dict[str, Any]) -> None:
     counts: dict[str, int] = {}
     for r in rows:
-        counts[r.get("verdict", "?")] = counts.get(r.get("verdict", "?"), 0) + 1
+        counts[r.verdict] = counts.get(r.verdict, 0) + 1
     report = Report(format=REPORT_FORMAT, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta,
                     exitstatus=int(exitstatus), passed=passed(rows, failed_tests, exitstatus), verdicts=counts,
                     failed_tests=failed_tests, gates=rows)

@@ -53,22 +53,22 @@ class RowCollector:
     """Gathers rows from test reports (on the xdist controller, from every worker), ERROR rows included."""
 
     def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[GateRow] = []
         self.failed_tests: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
-        rows = [v for k, v in report.user_properties if k == ROW_PROPERTY]
+        rows = [GateRow.from_dict(v) for k, v in report.user_properties if k == ROW_PROPERTY]
         outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
         if report.when == "call":
             for r in rows:
-                r["outcome"] = outcome
+                r.outcome = outcome
             self.rows.extend(rows)
         if report.failed:
             self.failed_tests.append(rerun_id(report.nodeid))
             if ITEM_PROPERTY in props and not rows:
                 self.rows.append(error_row(rerun_id(report.nodeid), props[ITEM_PROPERTY],
-                                           f"{report.when}: {_reason(report)}").as_dict())
+                                           f"{report.when}: {_reason(report)}"))
 
 
 def conclude(item: pytest.Item, rows: list[GateRow], undecided: str) -> None:

@@ -1,7 +1,7 @@
 """What regressed: the items that flipped, a Markdown summary CI renders, and a picture of every gate.
 
-Plain functions on report rows (the dicts the JSON report holds), so they run on a stored report as well as at
-the end of a session. The paired test decides on discordant items; these are the ones shown.
+Plain functions on report rows (:class:`GateRow`, as the JSON report holds them), so they run on a stored report as
+well as at the end of a session. The paired test decides on discordant items; these are the ones shown.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_quant.evaluate.tasks import BUNDLED_TASKS
+from pytest_quant.gate.verdict import GateRow
 
 SYMBOLS = {"PASS": "✅", "FAIL": "❌", "UNDECIDED": "❔", "ERROR": "💥"}
 SHOWN = 3  # flipped items shown in the terminal per gate
@@ -21,19 +22,21 @@ def _right(v: Any) -> bool | None:
     return bool(v) if isinstance(v, (int, float)) and v in (0, 1) else None
 
 
-def flips(row: dict[str, Any]) -> dict[str, Any] | None:
+def flips(row: GateRow) -> dict[str, Any] | None:
     """Discordant items of a paired accuracy or BOS gate: ids the reference gets right and the compared model
     wrong ('lost'), and the reverse ('gained'). Accuracy: quantized vs base; BOS: without BOS vs with (quantized).
     None for gates without 0/1 per-item values."""
-    items = (row.get("extra") or {}).get("items") or {}
-    ids = items.get("ids") or []
-    if items.get("base") is not None:
+    items = row.extra.items
+    if items is None:
+        return None
+    if items.base is not None and items.quantized is not None:
         names, what = ("base", "quantized"), "base right, quantized wrong"
-    elif items.get("quantized_with_bos") is not None:
+    elif items.quantized_with_bos is not None and items.quantized_without_bos is not None:
         names, what = ("quantized_with_bos", "quantized_without_bos"), "right with BOS, wrong without"
     else:
         return None
-    pairs = zip(items[names[0]], items[names[1]])
+    ids = items.ids
+    pairs = zip(getattr(items, names[0]), getattr(items, names[1]))
     lost, gained = [], []
     for i, (ref, other) in zip(ids, pairs):
         r, o = _right(ref), _right(other)
@@ -43,7 +46,7 @@ def flips(row: dict[str, Any]) -> dict[str, Any] | None:
             lost.append(i)
         elif o and not r:
             gained.append(i)
-    kept = items.get("answers") or {}
+    kept = items.answers or {}
     answers = {i: {name.replace("quantized_", ""): kept[name][n] for name in names if name in kept}
                for n, i in enumerate(ids) if i in lost}
     return {"lost": lost, "gained": gained, "lost_means": what, "items": len(ids), "answers": answers}
@@ -75,17 +78,17 @@ def describe_item(task: str, item: int, answers: dict[str, Any] | None = None, w
     return f"item {item}: {question!r} (target {said(doc.get('answer'))!r}{answered})"
 
 
-def flip_lines(row: dict[str, Any], limit: int = SHOWN) -> list[str]:
+def flip_lines(row: GateRow, limit: int = SHOWN) -> list[str]:
     """The terminal's lines for a FAIL or UNDECIDED gate: discordant counts, then the first flipped items."""
     f = flips(row)
-    if f is None or row.get("verdict") not in ("FAIL", "UNDECIDED"):
+    if f is None or row.verdict not in ("FAIL", "UNDECIDED"):
         return []
     head = (f"  {len(f['lost'])} of {f['items']} items {f['lost_means']}, {len(f['gained'])} the reverse "
             "(the discordant pairs the paired test decided on)")
-    return [head, *(f"    {describe_item(row['task'], i, f['answers'].get(i))}" for i in f["lost"][:limit])]
+    return [head, *(f"    {describe_item(row.task, i, f['answers'].get(i))}" for i in f["lost"][:limit])]
 
 
-def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str | None = None) -> str:
+def markdown(rows: list[GateRow], meta: dict[str, Any], figure: str | None = None) -> str:
     """A summary GitHub renders: the gate table with symbols, each gate's flipped items in a collapsed section."""
     lines = ["## pytest-quant gates", "",
              f"{'passed' if meta.get('passed') else 'failed'} · machine: {meta.get('machine_text', '-')} · "
@@ -94,23 +97,22 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str | Non
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cell = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-        lines.append(f"| {SYMBOLS.get(r.get('verdict', ''), '')} | {r.get('model')} | {r.get('scheme')} | "
-                     f"{r.get('task')} | {r.get('metric')} | {cell(r.get('base'))} | {cell(r.get('quantized'))} | "
-                     f"{cell(r.get('n'))} | {r.get('verdict')} |")
+        lines.append(f"| {SYMBOLS.get(r.verdict, '')} | {r.model} | {r.scheme} | {r.task} | {r.metric} | "
+                     f"{cell(r.base)} | {cell(r.quantized)} | {cell(r.n)} | {r.verdict} |")
     if figure:
         lines += ["", f"![every gate's margin and bounds]({figure})"]
     for r in rows:
         f = flips(r)
-        lines += ["", f"<details><summary>{SYMBOLS.get(r.get('verdict', ''), '')} {r.get('scheme')} {r.get('task')} "
-                      f"{r.get('metric')}: {r.get('verdict')}</summary>", "", str(r.get("message", ""))]
+        lines += ["", f"<details><summary>{SYMBOLS.get(r.verdict, '')} {r.scheme} {r.task} {r.metric}: "
+                      f"{r.verdict}</summary>", "", r.message]
         if f:
             lines += ["", f"{len(f['lost'])} items {f['lost_means']}, {len(f['gained'])} the reverse:", ""]
-            lines += [f"- {describe_item(r['task'], i, f['answers'].get(i))}" for i in f["lost"]]
+            lines += [f"- {describe_item(r.task, i, f['answers'].get(i))}" for i in f["lost"]]
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> Path:
+def plot(rows: list[GateRow], path: Path) -> Path:
     """One PNG: per gate bound, the observed margin with its bounds at the gate's confidence and the threshold
     (margin 0), colored by verdict. Needs matplotlib."""
     import matplotlib
@@ -121,13 +123,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     colors = {"PASS": "#2a9d3f", "FAIL": "#c62828", "UNDECIDED": "#e0a100"}
     entries = []
     for r in rows:
-        for name, d in ((r.get("extra") or {}).get("bounds") or {}).items():
-            entries.append((f"{r.get('scheme')} {r.get('task')} {name}", d))
+        for name, d in (r.extra.bounds or {}).items():
+            entries.append((f"{r.scheme} {r.task} {name}", d))
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(entries), 1) + 1.2))
     for y, (label, d) in enumerate(entries):
-        lo, hi = d["mean"] - d["z"] * d["se"], d["mean"] + d["z"] * d["se"]
-        ax.plot([lo, hi], [y, y], color=colors.get(d["verdict"], "grey"), linewidth=3)
-        ax.plot([d["mean"]], [y], "o", color=colors.get(d["verdict"], "grey"))
+        ax.plot([d.lower, d.upper], [y, y], color=colors.get(d.verdict, "grey"), linewidth=3)
+        ax.plot([d.mean], [y], "o", color=colors.get(d.verdict, "grey"))
     ax.axvline(0, color="black", linewidth=1)
     ax.set_yticks(range(len(entries)), [e[0] for e in entries], fontsize=8)
     ax.invert_yaxis()  # the first gate on top, as in the table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,10 +11,13 @@ import pytest
 from pytest_quant.gate.baseline import Baseline, save_baseline
 from pytest_quant.infra.errors import QuantUsageError
 from pytest_quant.gate.stats import FAIL, PASS
+from pytest_quant.gate.verdict import GateRow
 
 
-ROW = {"key": "m|W4A16|quant_facts|acc|bos=True", "quantized": 0.7, "n": 250,
-       "extra": {"stderr": 0.02, "settings": {"items": 250, "backend": "vllm"}, "versions": {"lm_eval": "0.4.13"}}}
+ROW = GateRow.from_dict({"model": "m", "scheme": "W4A16", "task": "quant_facts", "metric": "acc", "verdict": "PASS",
+                         "passed": True, "message": "", "key": "m|W4A16|quant_facts|acc|bos=True", "quantized": 0.7,
+                         "n": 250, "extra": {"stderr": 0.02, "settings": {"items": 250, "backend": "vllm"},
+                                             "versions": {"lm_eval": "0.4.13"}}})
 
 
 def test_baseline_roundtrip_merge_and_regression(tmp_path: Path) -> None:
@@ -21,13 +25,13 @@ def test_baseline_roundtrip_merge_and_regression(tmp_path: Path) -> None:
     assert save_baseline(path, [ROW], overwrite=False) == 1
     with pytest.raises(QuantUsageError, match="exists; pass --quant-overwrite-baseline"):
         save_baseline(path, [ROW], overwrite=False)
-    other = {**ROW, "key": "m|W8A8|quant_facts|acc|bos=True", "quantized": 0.72}
+    other = dataclasses.replace(ROW, key="m|W8A8|quant_facts|acc|bos=True", quantized=0.72)
     save_baseline(path, [other], overwrite=True)
-    assert set(Baseline.load(path).entries) == {ROW["key"], other["key"]}  # merged, nothing dropped
+    assert set(Baseline.load(path).entries) == {ROW.key, other.key}  # merged, nothing dropped
     b = Baseline.load(path)
-    v, text = b.compare(ROW["key"], "acc", 0.75, 0.02, ROW["extra"]["settings"], {"lm_eval": "0.4.13"}, 0.05, 0.05)
+    v, text = b.compare(ROW.key, "acc", 0.75, 0.02, ROW.extra.settings, {"lm_eval": "0.4.13"}, 0.05, 0.05)
     assert v == PASS and "library versions differ" not in text
-    v, text = b.compare(ROW["key"], "acc", 0.55, 0.02, {"items": 60, "backend": "vllm"}, {"lm_eval": "0.5"}, 0.05, 0.05)
+    v, text = b.compare(ROW.key, "acc", 0.55, 0.02, {"items": 60, "backend": "vllm"}, {"lm_eval": "0.5"}, 0.05, 0.05)
     assert v == FAIL and "settings differ from the baseline's: items 250 -> 60" in text
     assert "library versions differ from the baseline's: lm_eval 0.4.13 -> 0.5" in text
     v, text = b.compare("other", "acc", 0.1, 0.0, {}, {}, 0.05, 0.05)

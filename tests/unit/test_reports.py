@@ -13,15 +13,22 @@ ROOT = Path(__file__).resolve().parents[2]
 RECORDED = ROOT / "tests" / "recorded"
 
 
+def recorded_rows() -> list:
+    """The recorded main job's gates, typed as the plugin holds them."""
+    from pytest_quant.gate.verdict import GateRow
+
+    return [GateRow.from_dict(g) for g in json.loads((RECORDED / "main-job-amd-avx2-report.json").read_text())["gates"]]
+
+
 def test_flipped_items_of_a_real_run_are_the_discordant_pairs_the_gate_decided_on() -> None:
     """The main job's report from a 2-core AVX2 EPYC (tests/recorded): W4A16's FAIL lists the items the base got
     right and W4A16 wrong, with their prompts; a PASS shows nothing in the terminal."""
     from pytest_quant.plugin.summary import flip_lines, flips, markdown
 
-    rows = json.loads((RECORDED / "main-job-amd-avx2-report.json").read_text())["gates"]
+    rows = recorded_rows()
     w4, w8 = rows[0], rows[3]
     f = flips(w4)
-    base, quant = w4["extra"]["items"]["base"], w4["extra"]["items"]["quantized"]
+    base, quant = w4.extra.items.base, w4.extra.items.quantized
     assert len(f["lost"]) == sum(b == 1 and q == 0 for b, q in zip(base, quant)) == 33 and len(f["gained"]) == 5
     assert (sum(base) - sum(quant)) == len(f["lost"]) - len(f["gained"])  # the accuracy gap is the discordance
     lines = flip_lines(w4)
@@ -37,8 +44,7 @@ def test_the_gates_figure_is_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from pytest_quant.plugin.summary import plot
 
-    rows = json.loads((RECORDED / "main-job-amd-avx2-report.json").read_text())["gates"]
-    out = plot(rows, tmp_path / "gates.png")
+    out = plot(recorded_rows(), tmp_path / "gates.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
 
@@ -52,7 +58,7 @@ def test_report_is_versioned_and_its_published_schema_is_current(tmp_path) -> No
 
     recorded = json.loads((RECORDED / "main-job-amd-avx2-report.json").read_text())
     path = tmp_path / "report.json"
-    write_report(path, recorded["gates"], recorded["failed_tests"], 1,
+    write_report(path, recorded_rows(), recorded["failed_tests"], 1,
                  {k: recorded[k] for k in ("device", "machine", "profile", "alpha", "undecided")})
     report = Report.read(path)
     assert report.format == REPORT_FORMAT and not report.passed and len(report.gates) == 6
@@ -105,9 +111,12 @@ def test_flipped_items_say_what_each_model_answered() -> None:
                {"doc_id": 1, "filter": "flexible-extract", "resps": [["x"]], "filtered_resps": ["x"]},
                {"doc_id": 2, "filter": "none", "filtered_resps": [-725.9]}]
     assert _answers(samples) == {"0": 1, "1": "So 4. #### 4"}
-    row = {"verdict": "FAIL", "task": "quant_facts",
-           "extra": {"items": {"ids": [0, 1], "base": [1.0, 1.0], "quantized": [0.0, 1.0],
-                               "answers": {"base": [3, 2], "quantized": [0, 2]}}}}
+    from pytest_quant.gate.verdict import GateRow
+
+    row = GateRow.from_dict({"model": "m", "scheme": "W4A16", "task": "quant_facts", "metric": "acc", "verdict": "FAIL",
+                             "passed": False, "message": "",
+                             "extra": {"items": {"ids": [0, 1], "base": [1.0, 1.0], "quantized": [0.0, 1.0],
+                                                 "answers": {"base": [3, 2], "quantized": [0, 2]}}}})
     lines = flip_lines(row)
     assert lines[1] == ("    item 0: 'Which city is the capital city of Turkey?' (target 'Ankara', base 'Ankara', "
                         "quantized 'Bratislava')")
