@@ -1,4 +1,5 @@
-"""The three markers: their arguments, checked at collection (metric names against the task included).
+"""The three markers: their arguments, one pydantic model per marker (``extra="forbid"``, strict types), checked at
+collection (metric names against the task included).
 
 - ``quant_accuracy(task, metric, min_value=, max_value=, max_drop=, recovery=, expected=, rtol=, alpha=,
   limit=, max_items=, item_seed=, num_fewshot=, add_bos_token=True, apply_chat_template=False)``
@@ -7,19 +8,22 @@
 - ``quant_requires(scheme=, min_capability=, max_capability=, backend=, gpus=, gpu_memory_gib=)``
 
 ``alpha``, ``limit``, ``max_items``, ``item_seed`` and ``num_fewshot`` are options too: a value given on the
-command line, in the environment or in the ini file wins over the marker's (docs/REFERENCE.md).
+command line, in the environment or in the ini file wins over the marker's (docs/REFERENCE.md), and a marker's value
+is checked by the option's own type.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import fields
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pytest_quant.evaluate.backends import names as backend_names
-from pytest_quant.infra.errors import QuantUsageError
-from pytest_quant.gate.scores import Threshold
-from pytest_quant.session.settings import check
 from pytest_quant.evaluate.tasks import check_metric
+from pytest_quant.gate.scores import Threshold
+from pytest_quant.infra.errors import QuantUsageError
+from pytest_quant.session.settings import check
 
 MARKERS = {
     "quant_accuracy": "quant_accuracy(task, metric, min_value=, max_value=, max_drop=, recovery=, expected=, "
@@ -31,149 +35,143 @@ MARKERS = {
     "quant_requires": "quant_requires(scheme=, min_capability=, max_capability=, backend=, gpus=, gpu_memory_gib=): "
                       "skip unless the device and backend can run it",
 }
-THRESHOLD_ARGS = {f.name for f in fields(Threshold)}
 OPTION_ARGS = ("alpha", "limit", "max_items", "item_seed", "num_fewshot")  # marker values of session options
+Name = Annotated[str, Field(min_length=1)]
+Number = Annotated[float, Field(allow_inf_nan=False)]
 
 
-def _kwargs(name: str, args: tuple, kwargs: dict[str, Any], allowed: set[str], positional: tuple[str, ...]
-            ) -> dict[str, Any]:
-    if len(args) > len(positional):
-        raise QuantUsageError(f"{name} takes at most {len(positional)} positional arguments ({', '.join(positional)})")
-    merged = dict(zip(positional, args))
-    dup = set(merged) & set(kwargs)
-    if dup:
-        raise QuantUsageError(f"{name}: {', '.join(sorted(dup))} given twice")
-    merged.update(kwargs)
-    unknown = set(merged) - allowed
-    if unknown:
-        raise QuantUsageError(f"{name} got unknown argument(s) {', '.join(sorted(unknown))}; "
-                              f"it takes {', '.join(sorted(allowed))}")
-    for req in positional:
-        if not isinstance(merged.get(req), str) or not merged[req]:
-            raise QuantUsageError(f"{name} needs {req}=... (a string)")
-    return merged
-
-
-def _number(name: str, key: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise QuantUsageError(f"{name}: {key} must be a number, got {v!r}")
-    return float(v)
-
-
-def _flag(name: str, key: str, v: Any, default: bool) -> bool:
-    if v is None:
-        return default
-    if not isinstance(v, bool):
-        raise QuantUsageError(f"{name}: {key} must be True or False, got {v!r}")
-    return v
-
-
-def _options(name: str, k: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """The marker's values of session options, checked by the options' own rules."""
-    out = []
-    for a in OPTION_ARGS:
-        if k.get(a) is None:
-            continue
-        if isinstance(k[a], bool) or not isinstance(k[a], (int, float)):
-            raise QuantUsageError(f"{name}: {a} must be a number, got {k[a]!r}")
-        out.append((a, check(a, k[a], name)))
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class AccuracySpec:
-    task: str
-    metric: str
-    threshold: Threshold
-    options: tuple[tuple[str, Any], ...] = ()  # alpha, limit, max_items, item_seed, num_fewshot
-    add_bos_token: bool = True
-    apply_chat_template: bool = False
-
-    @property
-    def marker(self) -> dict[str, Any]:
-        return dict(self.options)
-
-
-@dataclass(frozen=True)
-class BosSpec:
-    task: str
-    metric: str
-    max_delta: float | None
-    max_extra_loss: float | None
-    apply_chat_template: bool = False
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def marker(self) -> dict[str, Any]:
-        return dict(self.options)
-
-
-@dataclass(frozen=True)
-class RequiresSpec:
-    scheme: str | None = None
-    min_capability: int | None = None
-    max_capability: int | None = None
-    backend: str | None = None
-    gpus: int | None = None
-    gpu_memory_gib: float | None = None
-
-
-def parse_accuracy(args: tuple, kwargs: dict[str, Any]) -> AccuracySpec:
-    allowed = {"task", "metric", *THRESHOLD_ARGS, *OPTION_ARGS, "add_bos_token", "apply_chat_template"}
-    k = _kwargs("quant_accuracy", args, kwargs, allowed, ("task", "metric"))
-    threshold = Threshold(**{a: _number("quant_accuracy", a, k[a]) for a in THRESHOLD_ARGS if k.get(a) is not None})
-    threshold.validate(k["metric"])
-    check_metric(k["task"], k["metric"])
-    return AccuracySpec(k["task"], k["metric"], threshold, _options("quant_accuracy", k),
-                        _flag("quant_accuracy", "add_bos_token", k.get("add_bos_token"), True),
-                        _flag("quant_accuracy", "apply_chat_template", k.get("apply_chat_template"), False))
-
-
-def parse_bos(args: tuple, kwargs: dict[str, Any]) -> BosSpec:
-    allowed = {"task", "metric", "max_delta", "max_extra_loss", "apply_chat_template", *OPTION_ARGS}
-    k = _kwargs("quant_bos", args, kwargs, allowed, ("task", "metric"))
-    limits = {a: _number("quant_bos", a, k[a]) if k.get(a) is not None else None for a in ("max_delta", "max_extra_loss")}
-    for a, v in limits.items():
-        if v is not None and v < 0:
-            raise QuantUsageError(f"quant_bos: {a} must not be negative, got {v}")
-    check_metric(k["task"], k["metric"])
-    return BosSpec(k["task"], k["metric"], limits["max_delta"], limits["max_extra_loss"],
-                   _flag("quant_bos", "apply_chat_template", k.get("apply_chat_template"), False),
-                   _options("quant_bos", k))
-
-
-def _capability(v: Any) -> int | None:
+def _capability(v: float | None) -> int | None:
+    """8.0 and 80 both mean Ampere."""
     if v is None:
         return None
-    v = _number("quant_requires", "capability", v)
     if v <= 0:
-        raise QuantUsageError(f"quant_requires: a capability must be positive, got {v:g}")
-    return int(round(v * 10)) if v < 20 else int(v)  # 8.0 and 80 both mean Ampere
+        raise ValueError(f"a capability must be positive, got {v:g}")
+    return int(round(v * 10)) if v < 20 else int(v)
 
 
-def parse_requires(args: tuple, kwargs: dict[str, Any]) -> RequiresSpec:
-    allowed = {f.name for f in fields(RequiresSpec)}
-    k = _kwargs("quant_requires", args, kwargs, allowed, ())
-    if k.get("backend") is not None and k["backend"] not in backend_names():
-        raise QuantUsageError(f"quant_requires: backend must be one of {', '.join(map(repr, backend_names()))}, "
-                              f"got {k['backend']!r}")
-    from pytest_quant.build.recipes import SCHEMES
-
-    if k.get("scheme") is not None and k["scheme"] not in SCHEMES:
-        raise QuantUsageError(f"quant_requires: unknown scheme {k['scheme']!r}; choose one of {', '.join(SCHEMES)}")
-    gpus = k.get("gpus")
-    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
-        raise QuantUsageError(f"quant_requires: gpus must be a positive integer, got {gpus!r}")
-    memory = k.get("gpu_memory_gib")
-    if memory is not None and _number("quant_requires", "gpu_memory_gib", memory) <= 0:
-        raise QuantUsageError(f"quant_requires: gpu_memory_gib must be positive, got {memory!r}")
-    return RequiresSpec(k.get("scheme"), _capability(k.get("min_capability")), _capability(k.get("max_capability")),
-                        k.get("backend"), gpus, float(memory) if memory is not None else None)
+Capability = Annotated[Number | None, AfterValidator(_capability)]
 
 
-PARSERS = {"quant_accuracy": parse_accuracy, "quant_bos": parse_bos, "quant_requires": parse_requires}
+class MarkerArgs(BaseModel):
+    """A marker's arguments: unknown ones refused, types strict (no strings for numbers, no 1 for True)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    positional: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def parse(cls, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """The marker's arguments, or a usage error in one line naming the marker and the argument."""
+        if len(args) > len(cls.positional):
+            raise QuantUsageError(f"{name} takes at most {len(cls.positional)} positional arguments"
+                                  f" ({', '.join(cls.positional) or 'none'})")
+        given = dict(zip(cls.positional, args))
+        if set(given) & set(kwargs):
+            raise QuantUsageError(f"{name}: {', '.join(sorted(set(given) & set(kwargs)))} given twice")
+        given.update(kwargs)
+        try:
+            return cls.model_validate(given).checked(name)
+        except ValidationError as e:
+            raise QuantUsageError(_message(name, cls, e)) from None
+
+    def checked(self, name: str) -> Any:
+        return self
+
+
+def _message(name: str, cls: type[MarkerArgs], e: ValidationError) -> str:
+    errors = e.errors()
+    unknown = [str(err["loc"][0]) for err in errors if err["type"] == "extra_forbidden"]
+    if unknown:
+        return (f"{name} got unknown argument(s) {', '.join(sorted(unknown))}; it takes "
+                f"{', '.join(sorted(cls.model_fields))}")
+    err = errors[0]
+    where = ".".join(str(x) for x in err["loc"])
+    if err["type"] == "missing":
+        return f"{name} needs {where}=..."
+    return f"{name}: {where}: {err['msg'].removeprefix('Value error, ')}, got {err['input']!r}"
+
+
+class GateArgs(MarkerArgs):
+    """What the two gate markers share: the task and metric, the session options they may set, the chat template."""
+
+    positional: ClassVar[tuple[str, ...]] = ("task", "metric")
+    task: Name
+    metric: Name
+    alpha: int | float | None = None  # as typed, for the option's message
+    limit: int | None = None
+    max_items: int | None = None
+    item_seed: int | None = None
+    num_fewshot: int | None = None
+    apply_chat_template: bool = False
+
+    @property
+    def options(self) -> tuple[tuple[str, Any], ...]:
+        return tuple((a, getattr(self, a)) for a in OPTION_ARGS if getattr(self, a) is not None)
+
+    @property
+    def marker(self) -> dict[str, Any]:
+        """The marker's values of session options (Settings.get reads them below the user's own)."""
+        return dict(self.options)
+
+    def checked(self, name: str) -> Any:
+        for a, v in self.options:
+            check(a, v, name)  # the option's own rules (alpha in (0, 1), limit > 0, ...)
+        check_metric(self.task, self.metric)
+        return self
+
+
+class AccuracySpec(GateArgs):
+    min_value: Number | None = None
+    max_value: Number | None = None
+    max_drop: Number | None = None
+    recovery: Number | None = None
+    expected: Number | None = None
+    rtol: Number | None = None
+    add_bos_token: bool = True
+
+    @property
+    def threshold(self) -> Threshold:
+        return Threshold(**{f.name: getattr(self, f.name) for f in fields(Threshold)})
+
+    def checked(self, name: str) -> Any:
+        self.threshold.validate(self.metric)
+        return super().checked(name)
+
+
+class BosSpec(GateArgs):
+    max_delta: Annotated[Number, Field(ge=0)] | None = None
+    max_extra_loss: Annotated[Number, Field(ge=0)] | None = None
+
+
+class RequiresSpec(MarkerArgs):
+    scheme: str | None = None
+    min_capability: Capability = None
+    max_capability: Capability = None
+    backend: str | None = None
+    gpus: Annotated[int, Field(gt=0)] | None = None
+    gpu_memory_gib: Annotated[Number, Field(gt=0)] | None = None
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str | None) -> str | None:
+        if v is not None and v not in backend_names():
+            raise ValueError(f"backend must be one of {', '.join(map(repr, backend_names()))}")
+        return v
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        from pytest_quant.build.recipes import SCHEMES
+
+        if v is not None and v not in SCHEMES:
+            raise ValueError(f"unknown scheme; choose one of {', '.join(SCHEMES)}")
+        return v
+
+
+SPECS: dict[str, type[MarkerArgs]] = {"quant_accuracy": AccuracySpec, "quant_bos": BosSpec,
+                                      "quant_requires": RequiresSpec}
 
 
 def parse_markers(item: Any) -> dict[str, list[Any]]:
     """Every quant marker on a test item, parsed (a bad argument raises QuantUsageError)."""
-    return {name: [fn(m.args, m.kwargs) for m in item.iter_markers(name)] for name, fn in PARSERS.items()}
+    return {name: [spec.parse(name, m.args, m.kwargs) for m in item.iter_markers(name)]
+            for name, spec in SPECS.items()}
