@@ -140,20 +140,20 @@ def test_each_xdist_worker_sees_only_its_gpus_unless_the_user_chose(monkeypatch)
     and leaves a CUDA_VISIBLE_DEVICES the user set alone."""
     from types import SimpleNamespace
 
-    from pytest_quant import plugin
+    from pytest_quant.plugin import xdist_compat
 
-    monkeypatch.setattr(plugin, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(xdist_compat, "visible_gpus", lambda: ["0", "1"])
     seen = {}
     for worker in ("gw0", "gw1"):
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        plugin._assign_worker_gpus(SimpleNamespace(workerinput={"workerid": worker, "workercount": 2}))
+        xdist_compat.assign_worker_gpus(SimpleNamespace(workerinput={"workerid": worker, "workercount": 2}))
         seen[worker] = os.environ["CUDA_VISIBLE_DEVICES"]
     assert seen == {"gw0": "0", "gw1": "1"}
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    plugin._assign_worker_gpus(SimpleNamespace(workerinput={"workerid": "gw0", "workercount": 2}))
+    xdist_compat.assign_worker_gpus(SimpleNamespace(workerinput={"workerid": "gw0", "workercount": 2}))
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    plugin._assign_worker_gpus(SimpleNamespace())  # not an xdist worker: nothing set
+    xdist_compat.assign_worker_gpus(SimpleNamespace())  # not an xdist worker: nothing set
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
 
 
