@@ -53,11 +53,11 @@ def run_config(env: dict[str, str], backend: str) -> str:
 class Engine:
     """A vLLM runner process (``lm_runner.py --serve``) that keeps one model loaded between requests."""
 
-    def __init__(self, python: str, env: dict[str, str]) -> None:
+    def __init__(self, python: str, env: dict[str, str], backend: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="pytest-quant-engine-"))
         self.log = self.dir / "vllm.log"
         self.requests = 0
-        self.config, self.free_at_start = run_config(env, "vllm"), free_gib()
+        self.config, self.free_at_start = run_config(env, backend), free_gib()
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([python, str(RUNNER), "--serve"], stdin=subprocess.PIPE, stdout=out,
                                          stderr=subprocess.STDOUT, env=env, start_new_session=True, text=True)
@@ -127,8 +127,9 @@ class EnginePool:
         self.engines: dict[str, Engine] = {}
 
     def ask(self, python: str, request: dict[str, Any], device: str, env: dict[str, str], timeout: float,
-            log: Callable[[str], None]) -> dict[str, Any]:
-        """Answer ``request`` on a live engine of this interpreter, model arguments and environment ``env``."""
+            log: Callable[[str], None], backend: str) -> dict[str, Any]:
+        """Answer ``request`` on a live engine of this interpreter, model arguments and environment ``env``
+        (``backend``: the name a failure's line gives the configuration)."""
         key = digest([python, request["model_args"], {k: v for k, v in env.items() if k.startswith("VLLM_")}])
         engine = self.engines.pop(key, None)
         if engine is None:
@@ -136,7 +137,7 @@ class EnginePool:
             capacity = 2 if device == "cpu" else max(1, int(GPU_BUDGET / share + 1e-9))
             while len(self.engines) >= capacity:
                 self.engines.pop(next(iter(self.engines))).close()
-            engine = Engine(python, env)
+            engine = Engine(python, env, backend)
         self.engines[key] = engine  # most recently used last
         start = time.perf_counter()
         try:

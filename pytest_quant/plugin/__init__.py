@@ -13,7 +13,6 @@ from pytest_quant.build.models import resolve_model
 from pytest_quant.build.recipes import RecipeSpec
 from pytest_quant.gate.baseline import save_baseline
 from pytest_quant.infra.errors import QuantError
-from pytest_quant.infra.hardware import why_skip
 from pytest_quant.infra.machine import describe, signature
 from pytest_quant.plugin import activation, xdist_compat
 from pytest_quant.plugin.report import passed, table, write_report, write_summary
@@ -116,10 +115,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if case is not None:
             xdist_compat.group_in_node_id(item, case.id)
             gpus = max(qs.settings.get("build_gpus"), qs.settings.get("eval_gpus"))
-            reason = why_skip(qs.device, qs.supported(qs.eval_backend(case.scheme)), qs.backend_reason, case.scheme,
-                              specs["quant_requires"], gpus)
+            reason = qs.why_skip(case.scheme, specs["quant_requires"], gpus)
         else:
-            reason = why_skip(qs.device, qs.supported(qs.backend), qs.backend_reason, None, specs["quant_requires"])
+            reason = qs.why_skip(None, specs["quant_requires"])
         if reason:
             item.add_marker(pytest.mark.skip(reason=reason))
 

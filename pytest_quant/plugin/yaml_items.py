@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pytest_quant.infra.errors import QuantError, QuantUsageError
 from pytest_quant.gate.scores import Threshold, aggregate, isclose
 from pytest_quant.session.gate_runs import GatePlan, plan_yaml, yaml_recovery
-from pytest_quant.infra.hardware import why_skip
 from pytest_quant.gate.verdict import GateRow
 from pytest_quant.plugin.rows import conclude
 from pytest_quant.plugin.stash import SESSION
@@ -271,9 +270,7 @@ class QuantYamlItem(pytest.Item):
     def skip_if_unsupported(self, scheme: str | None, gpus: int, backend: str | None) -> None:
         """Skip what this device cannot run; ``backend``: the one the config names (None: silent, the session's
         choice serves, as --quant-backend auto picks per scheme)."""
-        qs = self.qs
-        reason = why_skip(qs.device, qs.supported(qs.eval_backend(scheme)), qs.why_other(scheme) or qs.backend_reason,
-                          scheme, (), gpus, backend)
+        reason = self.qs.why_skip(scheme, (), gpus, backend)
         if reason:
             pytest.skip(reason)
 

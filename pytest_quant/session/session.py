@@ -11,7 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pytest_quant.build.checkpoint import Checkpoint, build_checkpoint, given_checkpoint, resolve_device
 from pytest_quant.build.calibration import CalibrationSpec
@@ -21,7 +21,7 @@ from pytest_quant.evaluate.backends import names as backend_names
 from pytest_quant.evaluate.evaluator import EvalRun, Evaluator, ItemResults
 from pytest_quant.evaluate.gpu_memory import gpu_work
 from pytest_quant.evaluate.fidelity import fidelity
-from pytest_quant.infra.hardware import Device, detect_device, xdist_worker
+from pytest_quant.infra.hardware import Device, detect_device, why_skip, xdist_worker
 from pytest_quant.build.models import as_is, materialize, resolve_model
 from pytest_quant.session.settings import Settings
 from pytest_quant.build.recipes import SCHEMES, RecipeSpec
@@ -90,6 +90,7 @@ class QuantSession:
         self._backend: tuple[Backend, str] | None = None
         self._device: Device | None = None
         self._supported: dict[str, Backend] = {}
+        self._choices: dict[str | None, tuple[str, str | None]] = {}
         self._checkpoints: dict[Any, Checkpoint] = {}
         self._bases: dict[str, tuple[Path, Any]] = {}
         self._checked: set[Case] = set()
@@ -134,26 +135,36 @@ class QuantSession:
             self._supported[name] = self.backend_object(name).for_device(self.store, self.device, schemes)
         return self._supported[name]
 
+    def _eval_choice(self, scheme: str | None) -> tuple[str, str | None]:
+        """(the backend that evaluates ``scheme``, why it is not the session's or None), decided once per scheme."""
+        if scheme not in self._choices:
+            self._choices[scheme] = (self.backend, None)
+            why = self.supported(self.backend).supports(scheme, self.device) if scheme else None
+            if self.requested_backend == "auto" and why:
+                for name in backend_names():
+                    if name != self.backend and self.backend_object(name).available(asked=False) is None \
+                            and not self.supported(name).supports(scheme, self.device):
+                        self._choices[scheme] = (name, f"evaluated with {self.backend_object(name).title}: {why[:300]}")
+                        break
+        return self._choices[scheme]
+
     def eval_backend(self, scheme: str | None) -> str:
         """The backend that evaluates ``scheme``'s checkpoints and, paired with them, their base model: the
         session's; with --quant-backend auto, the first backend (in the registry's order) that can run a scheme
         the session's cannot here (vLLM's CPU build has no W4A16 kernel on CPUs without AVX-512 or native bf16:
-        transformers). With a backend named, such a scheme is skipped instead (hardware.why_skip)."""
-        if self.requested_backend != "auto" or not scheme or not self.supported(self.backend).supports(scheme, self.device):
-            return self.backend
-        for name in backend_names():
-            if name != self.backend and self.backend_object(name).available(asked=False) is None \
-                    and not self.supported(name).supports(scheme, self.device):
-                return name
-        return self.backend
+        transformers). With a backend named, such a scheme is skipped instead (:meth:`why_skip`)."""
+        return self._eval_choice(scheme)[0]
 
     def why_other(self, scheme: str | None) -> str | None:
         """Why ``scheme`` is evaluated with another backend than the session's, or None."""
-        other = self.eval_backend(scheme)
-        if other == self.backend:
-            return None
-        why = self.supported(self.backend).supports(scheme, self.device) or ""
-        return f"evaluated with {self.backend_object(other).title}: {why[:300]}"
+        return self._eval_choice(scheme)[1]
+
+    def why_skip(self, scheme: str | None, requires: Sequence[Any] = (), gpus: int = 1,
+                 backend_needed: str | None = None) -> str | None:
+        """Why a test of ``scheme`` (None: a test of no scheme) cannot run here, or None: the one skip policy of
+        markers, the shipped suite and YAML items (hardware.why_skip, asked of the backend that would evaluate it)."""
+        return why_skip(self.device, self.supported(self.eval_backend(scheme)),
+                        self.why_other(scheme) or self.backend_reason, scheme, requires, gpus, backend_needed)
 
     @property
     def device(self) -> Device:

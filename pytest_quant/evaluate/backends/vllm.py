@@ -278,4 +278,4 @@ class VllmBackend(Backend):
 
     def answer(self, request: dict[str, Any], env: dict[str, str], device: str, timeout: float,
                log: Callable[[str], None]) -> dict[str, Any]:
-        return ENGINES.ask(self.python or "", request, device, env, timeout, log)
+        return ENGINES.ask(self.python or "", request, device, env, timeout, log, self.name)
