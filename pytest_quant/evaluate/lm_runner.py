@@ -300,16 +300,25 @@ def _end_with_parent(parent: int, every: float = 1.0) -> None:
     os.killpg(0, signal.SIGKILL)
 
 
+def serve() -> int:
+    """Answer a ``REQUEST<TAB>RESPONSE`` line from stdin at a time, keeping the model loaded, until stdin closes;
+    then end the process group (the runner leads it: Engine starts it in a session of its own), so that vLLM's engine
+    processes do not outlive an idle runner whose parent was killed (benchmarks/engine_protocol.py measured it)."""
+    threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
+    for line in sys.stdin:
+        request_path, response_path = line.rstrip("\n").split("\t")
+        _answer(request_path, response_path, keep=True)
+        print(f"[lm_runner] answered {os.path.basename(request_path)}", flush=True)
+    sys.stdout.flush()
+    if os.getpgrp() == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    """``lm_runner.py REQUEST RESPONSE`` answers one request; ``lm_runner.py --serve`` answers a
-    ``REQUEST<TAB>RESPONSE`` line from stdin at a time, keeping the model loaded, until stdin closes."""
+    """``lm_runner.py REQUEST RESPONSE`` answers one request; ``lm_runner.py --serve`` serves requests from stdin."""
     if argv[1:] == ["--serve"]:
-        threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
-        for line in sys.stdin:
-            request_path, response_path = line.rstrip("\n").split("\t")
-            _answer(request_path, response_path, keep=True)
-            print(f"[lm_runner] answered {os.path.basename(request_path)}", flush=True)
-        return 0
+        return serve()
     if len(argv) != 3:
         print("usage: lm_runner.py REQUEST.json RESPONSE.json | lm_runner.py --serve", file=sys.stderr)
         return 2
