@@ -16,9 +16,11 @@ from pytest_quant import __version__
 from pytest_quant.build.calibration import CalibrationSpec, calibration_digest, prepare_calibration
 from pytest_quant.build.distributed import run_distributed_build
 from pytest_quant.infra.machine import emulation
-from pytest_quant.infra.errors import QuantUsageError
+from pytest_quant.infra.errors import QuantError, QuantUsageError
 from pytest_quant.build.models import ModelSource, materialize, resolve_model
 from pytest_quant.build.recipes import RecipeSpec, check_shapes, to_modifiers
+from pytest_quant.build.schemes import needs_data
+from pytest_quant.infra.exits import innermost
 from pytest_quant.infra.store import Store, content_digest
 from pytest_quant.infra.versions import versions
 
@@ -33,6 +35,10 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise QuantUsageError("--quant-device cuda was asked for but torch sees no CUDA device")
     return device
+
+
+class BuildFailed(QuantError):
+    """llm-compressor failed while quantizing; the message holds its own root cause."""
 
 
 # Calibration batch size 'auto' per device: measured in docs/PERFORMANCE.md (CPU) and docs/GPU.md (CUDA).
@@ -159,18 +165,24 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
     model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=calibration_dtype(device),
                                                  trust_remote_code=trust_remote_code)
     t1 = time.perf_counter()
-    log(f"calibrating {recipe.scheme} on {len(dataset)} samples x <= {calib.max_seq_length} tokens ({device}, "
+    log(f"quantizing {recipe.label} without data ({device})" if dataset is None else
+        f"calibrating {recipe.label} on {len(dataset)} samples x <= {calib.max_seq_length} tokens ({device}, "
         f"batch {batch})")
-    with reporting(log, f"calibrating {recipe.scheme}"):  # llm-compressor's bar: layer group i/N, samples
-        if batch == 1:
-            oneshot(model=model, dataset=dataset, recipe=to_modifiers(recipe), max_seq_length=calib.max_seq_length,
-                    num_calibration_samples=calib.num_samples, shuffle_calibration_samples=False)
-        else:
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            loader, masks = padded_batches(dataset, batch, pad)
-            with pad_masking(model, masks):
-                oneshot(model=model, processor=tokenizer, dataset=loader, recipe=to_modifiers(recipe),
-                        max_seq_length=calib.max_seq_length)
+    try:
+        with reporting(log, f"calibrating {recipe.label}"):  # llm-compressor's bar: layer group i/N, samples
+            if dataset is None:  # round-to-nearest of a data-free scheme: no calibration pass
+                oneshot(model=model, recipe=to_modifiers(recipe))
+            elif batch == 1:
+                oneshot(model=model, dataset=dataset, recipe=to_modifiers(recipe), max_seq_length=calib.max_seq_length,
+                        num_calibration_samples=calib.num_samples, shuffle_calibration_samples=False)
+            else:
+                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                loader, masks = padded_batches(dataset, batch, pad)
+                with pad_masking(model, masks):
+                    oneshot(model=model, processor=tokenizer, dataset=loader, recipe=to_modifiers(recipe),
+                            max_seq_length=calib.max_seq_length)
+    except Exception as e:  # llm-compressor wraps what it hit: name the cause, keep the chain for the traceback
+        raise BuildFailed(f"llm-compressor failed quantizing {recipe.label}: {innermost(e)}") from e
     t2 = time.perf_counter()
     log(f"saving compressed-tensors checkpoint ({recipe.format})")
     model.save_pretrained(str(out), save_compressed=True)
@@ -202,13 +214,15 @@ def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpe
     device = resolve_device(device)
     recipe = check_shapes(_shape_model(base_path, trust_remote_code), recipe)
     tokenizer = load_tokenizer(base_path, trust_remote_code)
-    dataset = prepare_calibration(calibration, tokenizer)
+    data_free = recipe.text is None and not needs_data(recipe.scheme, recipe.method, recipe.kv_cache)
+    dataset = None if data_free else prepare_calibration(calibration, tokenizer)
     material = {
         "model": ident,
         "recipe": recipe.as_dict(),
-        "calibration": {"source": calibration.source, "num_samples": calibration.num_samples,
-                        "max_seq_length": calibration.max_seq_length, "tokens_sha256": calibration_digest(dataset),
-                        "batch_size": batch_size(calibration, device)},
+        "calibration": "none (data-free)" if dataset is None else {
+            "source": calibration.source, "num_samples": calibration.num_samples,
+            "max_seq_length": calibration.max_seq_length, "tokens_sha256": calibration_digest(dataset),
+            "batch_size": batch_size(calibration, device)},
         "versions": {**versions(LIBRARIES), "pytest-quant": __version__},
         "device": device,
         "calibration_dtype": str(calibration_dtype(device)),
@@ -217,7 +231,7 @@ def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpe
         **({"emulation": emulation()} if emulation() else {}),  # another CPU's code paths: its own checkpoint
         "gpus": gpus,
     }
-    label = f"{source.name} {recipe.scheme} checkpoint"
+    label = f"{source.name} {recipe.label} checkpoint"
     entry = store.get_or_create(
         "checkpoints", material,
         lambda out: _quantize(base_path, recipe, calibration, dataset, tokenizer, device, trust_remote_code, out,

@@ -24,7 +24,7 @@ from typing import Any
 
 from pytest_quant.build.calibration import CalibrationSpec, prepare_calibration
 from pytest_quant.infra.errors import QuantError
-from pytest_quant.infra.exits import ended, free_gib, killed_by, rank_signals
+from pytest_quant.infra.exits import ended, free_gib, killed_by, rank_signals, root_cause
 from pytest_quant.build.recipes import RecipeSpec, to_modifiers
 
 
@@ -82,7 +82,8 @@ def run_distributed_build(gpus: int, base_path: Path, recipe: RecipeSpec, calibr
     if code != 0:
         raise DistributedBuildFailed(f"distributed build on {gpus} GPUs failed ("
                                      f"{ended(code, free_at_start=free_at_start) if killed_by(code) else f'exit {code}'}"
-                                     f"{rank_signals(text, free_at_start)}; {_unfinished(stages)}):\n{text[-3000:]}")
+                                     f"{rank_signals(text, free_at_start)}; {_unfinished(stages)}): {root_cause(text)}\n"
+                                     f"last output:\n{text[-3000:]}")
     return {"gpus": gpus, "seconds": {"distributed": round(time.perf_counter() - start, 2)}}
 
 

@@ -21,28 +21,17 @@ from typing import Any, Callable
 
 from pytest_quant.evaluate import lm_runner
 from pytest_quant.infra.errors import QuantError
-from pytest_quant.infra.exits import ended, free_gib
+from pytest_quant.infra.exits import ended, free_gib, root_cause
 from pytest_quant.infra.machine import describe, signature
 from pytest_quant.infra.progress import EVERY
 from pytest_quant.infra.store import digest
 
 RUNNER = Path(lm_runner.__file__).resolve()
 KERNEL = re.compile(r"\b(\w+(?:LinearKernel|ScaledMMLinearKernel))\b")
-ROOT_CAUSE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
 
 
 class EvaluationFailed(QuantError):
     """The evaluation subprocess crashed or ran out of time."""
-
-
-def root_cause(log_text: str) -> str:
-    """The last exception line of a log (what actually went wrong), or its last non-empty line."""
-    lines = [line.rstrip() for line in log_text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        m = ROOT_CAUSE.match(line)
-        if m and m.group(1) not in ("KeyboardInterrupt",):
-            return line.strip()
-    return lines[-1].strip() if lines else "no output"
 
 
 def run_config(env: dict[str, str], backend: str) -> str:

@@ -11,6 +11,12 @@ import re
 import signal
 from pathlib import Path
 
+ROOT_CAUSE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
+# vLLM's prefix on what its engine-core process logs: "(EngineCore_DP0 pid=7) ERROR 12-03 10:11:12 [core.py:7] "
+VLLM_PREFIX = re.compile(r"^\s*\(\w+ pid=\d+\)\s*(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+)?"
+                         r"(?:\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+)?(?:\[[^\]]*\]\s*)?")
+# exception lines that only point elsewhere (vLLM's front end when its engine core failed, a wrapper re-raise)
+POINTERS = ("See root cause above", "Engine core initialization failed", "EngineDeadError")
 MEANING = {
     "SIGILL": "an instruction this CPU or configuration does not allow",
     "SIGKILL": "often out of memory",
@@ -67,3 +73,26 @@ def rank_signals(text: str, free_at_start: float | None = None) -> str:
     """torchrun's lines for ranks a signal killed ('Signal 4 (SIGILL) received by PID 123'), in words."""
     numbers = sorted({int(n) for n in re.findall(r"Signal (\d+) \(SIG\w+\) received by PID", text)})
     return "".join(f"; a rank {ended(-n, free_at_start=free_at_start)}" for n in numbers)
+
+
+def innermost(exc: BaseException) -> str:
+    """The first line of the exception at the bottom of ``exc``'s chain (its cause, or the one it was raised while
+    handling): what a library wrapping its own error actually hit."""
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def root_cause(log_text: str) -> str:
+    """The line that says what went wrong: the last exception line of a log, except one that only points elsewhere
+    (vLLM's ``Engine core initialization failed. See root cause above``), where the last exception line before it
+    (vLLM's engine core's own, its log prefix removed) is the cause; else the log's last non-empty line."""
+    lines = [VLLM_PREFIX.sub("", line).rstrip() for line in log_text.splitlines() if line.strip()]
+    found = [line.strip() for line in lines if (m := ROOT_CAUSE.match(line)) and m.group(1) != "KeyboardInterrupt"]
+    causes = [line for line in found if not any(p in line for p in POINTERS)]
+    if causes:
+        return causes[-1]
+    if found:
+        return found[-1]
+    return lines[-1].strip() if lines else "no output"

@@ -40,6 +40,8 @@ def validate(settings: Settings, qs: QuantSession, config: pytest.Config) -> Non
     is a usage error (exit 4), one line."""
     for scheme in settings.get("scheme"):
         qs.recipe(scheme)  # unknown scheme, bad group size, actorder, ...
+    if settings.get("recipe"):
+        qs.recipe_file()  # exists, parses, names known modifiers, quantizes something
     for model in settings.get("model"):
         resolve_model(model)
     for case in qs.cases():  # --quant-checkpoint directories: compressed-tensors, readable, one base model

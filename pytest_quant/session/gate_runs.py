@@ -93,9 +93,9 @@ def _context(session: QuantSession, model: str, scheme: str, task: str, metric: 
     """The row's context: notes for results measured on another machine (once each) and for a scheme the session's
     backend could not run here."""
     notes = list(dict.fromkeys(r.elsewhere for r in results if r is not None and r.elsewhere))
-    fallback = session.why_other(scheme)
-    return GateContext(model, scheme, task, metric, alpha, session.settings.get("undecided"),
-                       tuple(notes + ([fallback] if fallback else [])), build_seconds)
+    notes += [n for n in (session.why_other(scheme), session.scheme_note(scheme)) if n]
+    return GateContext(model, scheme, task, metric, alpha, session.settings.get("undecided"), tuple(notes),
+                       build_seconds)
 
 
 def gate(session: QuantSession, plan: GatePlan, run: EvalRun, metric: str, t: Threshold,
@@ -127,6 +127,7 @@ def run_accuracy(session: QuantSession, spec: AccuracySpec, plan: GatePlan, case
     settings = {"num_fewshot": run.num_fewshot, "items": outcome.n,
                 "item_seed": session.settings.get("item_seed", marker), "add_bos_token": run.add_bos_token,
                 "apply_chat_template": run.apply_chat_template, "backend": q.backend,
+                **({"weight_only_note": note} if (note := session.scheme_note(case.scheme)) else {}),
                 "calibration": session.calibration().__dict__}
     verdicts, messages = [], []
     if baseline is not None:

@@ -160,10 +160,13 @@ class RequiresSpec(MarkerArgs):
     @field_validator("scheme")
     @classmethod
     def _known_scheme(cls, v: str | None) -> str | None:
-        from pytest_quant.build.recipes import SCHEMES
+        from pytest_quant.build.schemes import known
 
-        if v is not None and v not in SCHEMES:
-            raise ValueError(f"unknown scheme; choose one of {', '.join(SCHEMES)}")
+        if v is not None:
+            try:
+                known(v)
+            except QuantUsageError as e:
+                raise ValueError(str(e)) from None
         return v
 
 

@@ -24,7 +24,8 @@ from pytest_quant.evaluate.fidelity import fidelity
 from pytest_quant.infra.hardware import Device, detect_device, why_skip, xdist_worker
 from pytest_quant.build.models import as_is, materialize, resolve_model
 from pytest_quant.session.settings import Settings
-from pytest_quant.build.recipes import SCHEMES, RecipeSpec
+from pytest_quant.build.recipes import RecipeSpec, parse_recipe
+from pytest_quant.build.schemes import COMMON, default_algorithm, get_scheme
 from pytest_quant.gate.stats import plan_looks
 from pytest_quant.infra.store import Store
 from pytest_quant.evaluate.tasks import item_order, task_size
@@ -91,6 +92,7 @@ class QuantSession:
         self._device: Device | None = None
         self._supported: dict[str, Backend] = {}
         self._choices: dict[str | None, tuple[str, str | None]] = {}
+        self._recipes: set[tuple[Path, str]] = set()
         self._checkpoints: dict[Any, Checkpoint] = {}
         self._bases: dict[str, tuple[Path, Any]] = {}
         self._checked: set[Case] = set()
@@ -126,14 +128,28 @@ class QuantSession:
     def supported(self, name: str) -> Backend:
         """Backend ``name`` knowing which of the schemes it can run on this device (asked once per session)."""
         if name not in self._supported:
-            schemes = {}
-            for scheme, row in SCHEMES.items():
-                gs = self.settings.get("group_size")
-                schemes[scheme] = {"weight_only": row["act_bits"] == 16, "bits": row["weight_bits"],
-                                   "group_size": gs if isinstance(gs, int) else row["group_size"] or -1,
-                                   "g_idx": self.settings.get("actorder") in ("group",)}
-            self._supported[name] = self.backend_object(name).for_device(self.store, self.device, schemes)
+            self._supported[name] = self.backend_object(name).for_device(self.store, self.device, self._asked())
         return self._supported[name]
+
+    def _asked(self) -> dict[str, dict[str, Any]]:
+        """What the backends are asked about: each scheme users commonly ship and this session's, as one
+        compressed-tensors config group at the session's group size, and each given checkpoint's own."""
+        from pytest_quant.build.checks import config_group, quantization_config
+
+        gs, out = self.settings.get("group_size"), {}
+        for name in dict.fromkeys([*COMMON, *(s for s in self.settings.get("scheme") if s)]):
+            scheme = get_scheme(name)
+            if isinstance(gs, int) and scheme.group_size and not scheme.group_fixed:
+                scheme = scheme.with_group(None if gs == -1 else gs)
+            group = scheme.config_group()
+            if self.settings.get("actorder") == "group":
+                group["weights"]["actorder"] = "group"
+            out[name] = {"group": group, "format": scheme.format}
+        for case in self.cases():
+            if case.checkpoint:
+                path = Path(case.checkpoint)
+                out[case.scheme] = {"group": config_group(path), "format": quantization_config(path).get("format")}
+        return out
 
     def _eval_choice(self, scheme: str | None) -> tuple[str, str | None]:
         """(the backend that evaluates ``scheme``, why it is not the session's or None), decided once per scheme."""
@@ -159,6 +175,10 @@ class QuantSession:
         """Why ``scheme`` is evaluated with another backend than the session's, or None."""
         return self._eval_choice(scheme)[1]
 
+    def scheme_note(self, scheme: str | None) -> str | None:
+        """What results of ``scheme`` must say about how its backend ran it here (backend.note), or None."""
+        return self.supported(self.eval_backend(scheme)).note(scheme) if scheme else None
+
     def why_skip(self, scheme: str | None, requires: Sequence[Any] = (), gpus: int = 1,
                  backend_needed: str | None = None) -> str | None:
         """Why a test of ``scheme`` (None: a test of no scheme) cannot run here, or None: the one skip policy of
@@ -179,6 +199,8 @@ class QuantSession:
     def cases(self) -> list[Case]:
         """The model x scheme cases, or one per --quant-checkpoint (paired with its base model)."""
         models, checkpoints = self.settings.get("model"), self.settings.get("checkpoint")
+        if self.settings.get("recipe") and not checkpoints:
+            return [Case(m, self.recipe_file()[0]) for m in models]
         if not checkpoints:
             return [Case(m, s) for m in models for s in self.settings.get("scheme")]
         from pytest_quant.build.checks import checkpoint_scheme
@@ -200,12 +222,34 @@ class QuantSession:
         return CalibrationSpec(s.get("calibration", o), s.get("num_samples", o), s.get("max_seq_length", o),
                                s.get("calibration_batch_size", o))
 
+    def recipe_file(self, path: str | None = None) -> tuple[str, str]:
+        """(its scheme's name, ``recipe:<file stem>``; its text) of --quant-recipe (or ``path``), checked by
+        llm-compressor (it parses, its modifiers exist, one of them quantizes): a usage error if not."""
+        found = (path, "recipe") if path else self.settings.source("recipe")
+        assert found is not None
+        file, where = Path(found[0]).expanduser(), found[1]
+        if not file.is_file():
+            raise QuantUsageError(f"{where}: recipe file {str(file)!r} does not exist")
+        if self.settings.source("scheme") and not path:
+            raise QuantUsageError(f"{where}: give --quant-recipe or --quant-scheme, not both (the recipe names its "
+                                  "own scheme)")
+        text = file.read_text()
+        if (file, text) not in self._recipes:
+            parse_recipe(text, f"{where} {file}")
+            self._recipes.add((file, text))
+        return f"recipe:{file.stem}", text
+
     def recipe(self, scheme: str, overrides: dict[str, Any] | None = None) -> RecipeSpec:
         s, o = self.settings, overrides or {}
+        if scheme.startswith("recipe:"):
+            name, text = self.recipe_file(o.get("recipe"))
+            return RecipeSpec(scheme=name, text=text)
+        algorithm = s.get("algorithm", o)
+        smoothing = "smoothquant" in (default_algorithm(scheme) if algorithm == "auto" else algorithm)
         return RecipeSpec(scheme=scheme, group_size=s.get("group_size", o), actorder=s.get("actorder", o),
                           dampening_frac=s.get("dampening_frac", o),
-                          smoothing_strength=s.get("smoothing_strength", o) if scheme == "W8A8" else None,
-                          ignore=tuple(s.get("ignore", o) or ()))
+                          smoothing_strength=s.get("smoothing_strength", o) if smoothing else None,
+                          ignore=tuple(s.get("ignore", o) or ()), algorithm=algorithm, kv_cache=s.get("kv_cache", o))
 
     def base(self, model: str) -> tuple[Path, Any]:
         if model not in self._bases:
@@ -220,8 +264,13 @@ class QuantSession:
         from pytest_quant.build.checkpoint import _shape_model
         from pytest_quant.build.recipes import check_shapes
 
+        recipe = self.recipe(case.scheme)
+        if recipe.method.startswith("awq") and self.settings.get("build_gpus") == 1 and self.compute == "cpu":
+            raise QuantUsageError(f"{case.scheme} with {recipe.method}: llm-compressor 0.14's AWQ needs an accelerator "
+                                  "(its activation cache pins memory: 'Cannot access accelerator device when none is "
+                                  "available'); build on a GPU, or use --quant-algorithm gptq or rtn")
         base_path, _ = self.base(case.model)
-        check_shapes(_shape_model(base_path, self.trust_remote_code), self.recipe(case.scheme))
+        check_shapes(_shape_model(base_path, self.trust_remote_code), recipe)
         self._checked.add(case)
 
     def checkpoint(self, case: Case) -> Checkpoint:

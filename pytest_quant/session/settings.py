@@ -85,7 +85,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", "model to test: hub id, local directory, GGUF file or bundled name (repeatable); with "
            "--quant-checkpoint, the base model the checkpoint was made from", Names, ["smollm2-135m-instruct"],
            repeat=True),
-    Option("scheme", "quantization scheme: W4A16, W8A8, W8A16 (repeatable)", Names, ["W4A16", "W8A8"], repeat=True),
+    Option("scheme", "quantization scheme: W4A16, W8A8, W8A16, or any compressed-tensors preset (W4A16_ASYM, FP8, "
+           "FP8_DYNAMIC, FP8_BLOCK, NVFP4A16, NVFP4, MXFP4A16, W4AFP8, ...) (repeatable)", Names, ["W4A16", "W8A8"],
+           repeat=True),
+    Option("algorithm", "how weights are quantized: auto (the guides' GPTQ for W4A16/W8A16, SmoothQuant + GPTQ for "
+           "W8A8, round-to-nearest for other schemes), rtn, gptq, awq, awq+gptq, smoothquant+gptq",
+           Literal["auto", "rtn", "gptq", "awq", "awq+gptq", "smoothquant+gptq"], "auto"),
+    Option("recipe", "an llm-compressor recipe file (YAML) to build with, run as written through oneshot, instead of "
+           "--quant-scheme (its checkpoint's scheme is read from what it saved)", Text),
+    Option("kv_cache", "quantize the KV cache too (kv_cache_scheme, calibrated scales): fp8", Literal["fp8"]),
     Option("checkpoint", "gate this compressed-tensors checkpoint (a directory built elsewhere) instead of building "
            "one; repeatable; its scheme is read from its config", Names, repeat=True),
     Option("task", "lm-eval task(s) for accuracy gates (repeatable)", Names, ["quant_facts"], repeat=True),
@@ -105,12 +113,13 @@ OPTIONS: tuple[Option, ...] = (
            Text, "bundled"),
     Option("calibration_batch_size", "calibration batch size: a positive integer, or 'auto' (1 on a CPU, the "
            "largest measured to pay on a GPU)", Literal["auto"] | PositiveInt, "auto"),
-    Option("group_size", "weight group size for W4A16 (a positive integer, -1 per channel, or 'auto' for the "
-           "largest that divides every layer)", Annotated[int | str, PlainValidator(_group_size)]),
+    Option("group_size", "weight group size, or block size of a block scheme (FP8_BLOCK) (a positive integer, -1 "
+           "per channel, or 'auto' for the largest that divides every layer)", Annotated[int | str, PlainValidator(_group_size)]),
     Option("actorder", "GPTQ activation ordering: static, group, weight or none", Literal["static", "group", "weight",
                                                                                         "none"]),
     Option("dampening_frac", "GPTQ dampening fraction", between(0, 1)),
-    Option("smoothing_strength", "SmoothQuant strength for W8A8", between(0, 1)),
+    Option("smoothing_strength", "SmoothQuant strength (W8A8's default recipe, or --quant-algorithm "
+           "smoothquant+gptq)", between(0, 1)),
     Option("ignore", "layers (names or re: patterns) left unquantized, besides lm_head", Names),
     Option("metric", "metric gated per task in the shipped suite (default: the task's primary metric)", Text),
     Option("recovery", "shipped suite: quantized/base ratio each task's metric must reach", between(0, 1.5, True, False),

@@ -20,7 +20,8 @@ from pytest_quant.build.calibration import CalibrationSpec
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
 from pytest_quant.evaluate.backends import resolve
 from pytest_quant.evaluate.backends.vllm import probe_vllm
-from pytest_quant.evaluate.engine import EvaluationFailed, root_cause
+from pytest_quant.evaluate.engine import EvaluationFailed
+from pytest_quant.infra.exits import root_cause
 from pytest_quant.evaluate.evaluator import EvalRun, evaluate
 from pytest_quant.evaluate.gpu_memory import release_models
 from pytest_quant.infra.store import Store

@@ -12,17 +12,21 @@ from pytest_quant.build.recipes import RecipeSpec
 
 
 def test_recipe_validation() -> None:
-    with pytest.raises(QuantUsageError, match="unknown scheme 'W3A3'"):
-        RecipeSpec("W3A3")
+    """(An unknown scheme needs compressed-tensors' presets, which import torch: tests/plugin/test_schemes.py.)"""
     with pytest.raises(QuantUsageError, match="group_size"):
         RecipeSpec("W4A16", group_size=0)
     with pytest.raises(QuantUsageError, match="actorder"):
         RecipeSpec("W4A16", actorder="random")
-    with pytest.raises(QuantUsageError, match="smoothing_strength applies to W8A8"):
+    with pytest.raises(QuantUsageError, match="smoothing_strength applies to SmoothQuant"):
         RecipeSpec("W4A16", smoothing_strength=0.5)
     with pytest.raises(QuantUsageError, match="dampening_frac"):
         RecipeSpec("W4A16", dampening_frac=2)
+    with pytest.raises(QuantUsageError, match="algorithm must be one of auto, rtn, gptq"):
+        RecipeSpec("W4A16", algorithm="hqq")
     assert RecipeSpec("W4A16", ignore=("re:.*gate.*",)).ignore == ("lm_head", "re:.*gate.*")
+    assert RecipeSpec("W8A8", smoothing_strength=0.5).method == "smoothquant+gptq"  # the guide's recipe
+    assert RecipeSpec("W4A16", algorithm="smoothquant+gptq", smoothing_strength=0.5).label == "W4A16+smoothquant+gptq"
+    assert RecipeSpec("W4A16", kv_cache="fp8").label == "W4A16+kv-fp8" and RecipeSpec("W4A16").label == "W4A16"
 
 
 

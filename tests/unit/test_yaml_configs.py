@@ -43,7 +43,6 @@ def test_vllm_format_defaults_to_rtol_0_08() -> None:
     ({"model_name": "m", "limit": 1, "num_fewshot": 0,
       "tasks": [{"name": "quant_facts", "metrics": [{"name": "accuracy", "value": 0.5}]}]},
      r"tasks\[0\].metrics\[0\].name: task 'quant_facts' has no metric 'accuracy'"),
-    ({"model": "m", "scheme": "W9A9", "lmeval": {"task": "quant_facts"}}, "scheme: unknown scheme"),
     ({"model": "m", "scheme": "W4A16", "lmeval": {"task": "quant_facts", "recovery": 0.9}}, "lmeval.recovery: unknown key"),
     ({"model": "m", "scheme": "W4A16", "lmeval": {"task": "quant_facts", "recovery_threshold": "high"}},
      "lmeval.recovery_threshold"),

