@@ -71,12 +71,13 @@ def vllm_support(vllm_python: str) -> dict[str, dict[str, str]]:
     """vLLM's own answer on this machine: which kernel runs each scheme, or why none (hardware.skip_reason)."""
     import json
 
+    from pytest_quant.build.schemes import get_scheme
     from pytest_quant.evaluate.backends.vllm import probe_schemes
     from pytest_quant.infra.machine import cpu_dtype
 
-    schemes = {"W4A16": {"weight_only": True, "bits": 4, "group_size": 64, "g_idx": False},
-               "W8A8": {"weight_only": False, "bits": 8, "group_size": -1, "g_idx": False}}
-    return probe_schemes(vllm_python, None, json.dumps(schemes, sort_keys=True), cpu_dtype())
+    schemes = {"W4A16": get_scheme("W4A16").with_group(64), "W8A8": get_scheme("W8A8")}
+    asked = {n: {"group": s.config_group(), "format": s.format} for n, s in schemes.items()}
+    return probe_schemes(vllm_python, None, json.dumps(asked, sort_keys=True), cpu_dtype())
 
 
 @pytest.fixture(scope="session")

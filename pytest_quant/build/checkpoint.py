@@ -186,6 +186,11 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
     t2 = time.perf_counter()
     log(f"saving compressed-tensors checkpoint ({recipe.format})")
     model.save_pretrained(str(out), save_compressed=True)
+    from pytest_quant.build.checks import quantized_layers
+
+    if not quantized_layers(out):  # llm-compressor only warns when targets match nothing
+        raise QuantUsageError(f"{recipe.label}: the recipe quantized no layer (its targets and ignore match no layer "
+                              "of the model; llm-compressor warned 'Could not match ...'); nothing was cached")
     tokenizer.save_pretrained(str(out))
     if device == "cpu":
         cast_checkpoint(out, base_dtype(base_path))

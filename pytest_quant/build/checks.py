@@ -26,6 +26,12 @@ def _tensors(path: Path) -> tuple[dict[str, tuple[str, list[int]]], list[str]]:
     return out, broken
 
 
+def quantized_layers(path: Path) -> list[str]:
+    """The layers of a saved checkpoint that carry a weight scale (quantized ones)."""
+    tensors, _ = _tensors(path)
+    return [n[: -len(".weight_scale")] for n in tensors if n.endswith(".weight_scale")]
+
+
 def quantization_config(path: Path) -> dict[str, Any]:
     """The checkpoint's ``quantization_config`` ({} when there is none); a usage error without config.json."""
     cfg = path / "config.json"

@@ -166,9 +166,10 @@ def parse_config(data: Any) -> VllmConfig | LlmCompressorConfig:
     if "model" in data:
         config = _validated(LlmCompressorConfig, data)
         if config.recipe is not None:
-            raise QuantUsageError("recipe: recipe files are not supported by pytest-quant; give 'scheme' (W4A16, "
-                                  "W8A8, W8A16) with the knobs group_size, actorder, dampening_frac, "
-                                  "smoothing_strength, ignore")
+            if config.scheme is not None or _knobs(config):
+                raise QuantUsageError("recipe: give a recipe file or a scheme with its knobs, not both (the recipe "
+                                      "is run as written)")
+            return config  # the file is read and checked by llm-compressor when the session starts the item
         if config.scheme is None:
             raise QuantUsageError("scheme: missing (llm-compressor's configs name a scheme or a recipe)")
         from pytest_quant.build.recipes import RecipeSpec
@@ -238,6 +239,9 @@ class QuantYamlFile(pytest.File):
             raise self.CollectError(f"{self.path}: {e}") from None
 
     def _items(self, config: VllmConfig | LlmCompressorConfig) -> Iterator[pytest.Item]:
+        if isinstance(config, LlmCompressorConfig) and config.recipe is not None:  # as upstream: next to the config
+            recipe = (self.path.parent / config.recipe).resolve()
+            config = config.model_copy(update={"recipe": str(recipe), "scheme": f"recipe:{recipe.stem}"})
         if isinstance(config, VllmConfig):
             for task in config.tasks:
                 for m in task.metrics:
@@ -366,7 +370,8 @@ class LlmCompressorItem(QuantYamlItem):
                                                      ("max_seq_length", "max_seq_length")) if f in c.model_fields_set}
         if c.dataset_id:
             calibration["calibration"] = c.dataset_id + (f":{c.dataset_split}" if c.dataset_split else "")
-        return Target(c.model, c.scheme, qs.recipe(c.scheme, _knobs(c)), qs.calibration(calibration), gpus=gpus,
+        knobs = {**_knobs(c), **({"recipe": c.recipe} if c.recipe else {})}
+        return Target(c.model, c.scheme, qs.recipe(c.scheme, knobs), qs.calibration(calibration), gpus=gpus,
                       engine=_engine(c), backend=qs.eval_backend(c.scheme))
 
     def run(self) -> Any:

@@ -79,9 +79,7 @@ case "$phase" in
     echo "[gpu] hf accuracy gates: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-hf.log"; tail -12 "$OUT/suite-hf.log"
     timeout 150 "${PYTEST[@]}" tests/gpu/test_gpu_vllm.py -rs 2>&1 | grep -v -E "is ignored" | tail -15 | tee "$OUT/gpu-tests.log"
     for cc in 75 80 90; do   # vLLM's own kernel choice per capability (recorded for tests/unit/test_backends.py)
-      timeout 120 python3 -c "import json, sys; from pytest_quant.evaluate.backends.vllm import probe_schemes; print(json.dumps(probe_schemes('/tmp/vllm-python', $cc, sys.argv[1]), indent=1))" \
-        '{"W4A16": {"weight_only": true, "bits": 4, "group_size": 64, "g_idx": false}, "W8A16": {"weight_only": true, "bits": 8, "group_size": 128, "g_idx": false}, "W8A8": {"weight_only": false, "bits": 8, "group_size": -1, "g_idx": false}}' \
-        > "$OUT/vllm-support-cc$cc.json" 2>> "$OUT/probe.err"
+      timeout 120 python3 scripts/gpu/probe.py $cc > "$OUT/vllm-support-cc$cc.json" 2>> "$OUT/probe.err"
     done
     head -c 600 "$OUT/vllm-support-cc75.json"
     ;;
