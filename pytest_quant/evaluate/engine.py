@@ -28,6 +28,8 @@ from pytest_quant.infra.store import digest
 
 RUNNER = Path(lm_runner.__file__).resolve()
 KERNEL = re.compile(r"\b(\w+(?:LinearKernel|ScaledMMLinearKernel))\b")
+# What vLLM says of an FP8 KV cache's scales: the checkpoint's (k_scale/v_scale loaded) or 1.0 when it has none
+KV_SCALES = re.compile(r"[^\n]*(?:(?:KV|kv)[ _-]?cache[^\n]*scal|k_scale|scaling factor)[^\n]*")
 
 
 class EvaluationFailed(QuantError):
@@ -81,7 +83,9 @@ class Engine:
                                        f"last error: {root_cause(text)}\nlast output:\n{text[-2000:]}")
             time.sleep(0.2)
         response = json.loads(resp.read_text())
-        response["kernels"] = sorted(set(KERNEL.findall(self.text())))
+        text = self.text()
+        response["kernels"] = sorted(set(KERNEL.findall(text)))
+        response["kv_cache"] = sorted({" ".join(m.split()) for m in KV_SCALES.findall(text)})[:3]
         return response
 
     def text(self) -> str:
@@ -138,7 +142,8 @@ class EnginePool:
         load = f"model load {response['load_seconds']}s" if engine.requests == 1 else "model already loaded"
         log(f"vLLM evaluation took {time.perf_counter() - start:.1f}s ({load}); "
             f"kernels: {', '.join(response['kernels']) or 'none reported'}; numerics: "
-            + ", ".join(f"{k} {v}" for k, v in response.get("numerics", {}).items()))
+            + ", ".join(f"{k} {v}" for k, v in response.get("numerics", {}).items())
+            + "".join(f"; vLLM on the KV cache: {line[-200:]}" for line in response.get("kv_cache", [])))
         return response
 
     def close(self) -> None:

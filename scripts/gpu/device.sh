@@ -83,6 +83,22 @@ case "$phase" in
     done
     head -c 600 "$OUT/vllm-support-cc75.json"
     ;;
+  schemes)   # issue 32: the shipped suite per scheme users ship (vLLM, guide profile, 128 x 1024 calibration):
+             # presets in one session (one base evaluation), AWQ and FP8 KV cache in sessions of their own
+    set=${2:-presets}; SECONDS=0
+    case "$set" in
+      presets) args=(--quant-scheme FP8_DYNAMIC --quant-scheme FP8 --quant-scheme FP8_BLOCK --quant-scheme NVFP4A16
+                     --quant-scheme NVFP4 --quant-scheme W4AFP8 --quant-scheme MXFP4A16) ;;
+      awq) args=(--quant-scheme W4A16 --quant-algorithm awq) ;;
+      kv) args=(--quant-scheme W4A16 --quant-kv-cache fp8) ;;
+    esac
+    timeout "${3:-540}" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
+      --quant-num-samples 128 --quant-max-seq-length 1024 --quant-backend vllm -k "not bos" "${args[@]}" \
+      --quant-report "$OUT/schemes-$set.json" 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/schemes-$set.log"
+    echo "[gpu] schemes $set: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/schemes-$set.log"
+    grep -E "^smollm2|^model|SKIPPED|FAILED|ERROR" "$OUT/schemes-$set.log" | cut -c1-260 | tail -40
+    grep -h -i -E "kv cache scal|k_scale|scaling factor|weight-only|LinearKernel" "$OUT/schemes-$set.log" | sort | uniq -c | sort -rn | head -12
+    ;;
   multi)
     export QUANT_MULTI_OUT=$OUT
     timeout "${3:-560}" "${PYTEST[@]}" tests/gpu/test_multi_gpu_run.py -k "${2:-}" -rs 2>&1 \

@@ -59,7 +59,16 @@ def setup_files(root: Path) -> dict[str, str]:
                          "l.weight_scale": {"dtype": "BF16", "shape": [8, 2], "data_offsets": [256, 288]}}).encode()
     (ok / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(288))
     (ok / "tokenizer.json").write_text("{}")
-    return {"afile": str(root / "afile"), "adir": str(adir), "quantized_ok": str(ok), "store": SHARED_STORE, "empty": str(root / "empty.jsonl"), "broken": str(root / "broken.jsonl"),
+    (root / "recipe-broken.yaml").write_text("quant_stage:\n  quant_modifiers:\n    GPTQModifier: [unclosed\n")
+    (root / "recipe-unknown.yaml").write_text("quant_stage:\n  quant_modifiers:\n    MagicModifier:\n      x: 1\n")
+    (root / "recipe-nothing.yaml").write_text("quant_stage:\n  modifiers:\n    SmoothQuantModifier:\n"
+                                              "      smoothing_strength: 0.8\n")
+    gptq = root / "gptq-model"
+    gptq.mkdir()
+    (gptq / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 4}}))
+    return {"gptq": str(gptq), "recipe_broken": str(root / "recipe-broken.yaml"),
+            "recipe_unknown": str(root / "recipe-unknown.yaml"), "recipe_nothing": str(root / "recipe-nothing.yaml"),
+            "afile": str(root / "afile"), "adir": str(adir), "quantized_ok": str(ok), "store": SHARED_STORE, "empty": str(root / "empty.jsonl"), "broken": str(root / "broken.jsonl"),
             "nofield": str(root / "nofield.jsonl"), "plain": str(plain), "quantized": str(quantized),
             "broken_python": broken_python(root)}
 

@@ -289,6 +289,11 @@ class VllmBackend(Backend):
             args["dtype"] = cpu_dtype()
         if gpus > 1:
             args["tensor_parallel_size"] = gpus
+        config = path / "config.json"
+        kv = (json.loads(config.read_text()).get("quantization_config") or {}).get("kv_cache_scheme") \
+            if config.is_file() else None
+        if kv and kv.get("type") == "float" and kv.get("num_bits") == 8:
+            args["kv_cache_dtype"] = "fp8"  # the checkpoint's calibrated KV scales (vLLM reads k_scale/v_scale)
         return args
 
     def check(self, path: Path, gpus: int) -> None:
