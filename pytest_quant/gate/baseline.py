@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pytest_quant.infra.errors import QuantUsageError
-from pytest_quant.gate.scores import Threshold, bound_scores
+from pytest_quant.gate.scores import Threshold, aggregate, bound_scores
 from pytest_quant.infra.machine import describe, same
 from pytest_quant.gate.stats import judge
 from pytest_quant.gate.verdict import GateRow
@@ -47,7 +47,26 @@ def _read(path: Path) -> dict[str, Any]:
                                   or len(items["ids"]) != len(items["values"])):
             raise QuantUsageError(f"baseline file {path}: metrics[{key!r}].items must hold 'ids' and 'values' "
                                   "lists of the same length")
+        _agrees(path, key, entry)
     return data
+
+
+def _agrees(path: Path, key: str, entry: dict[str, Any]) -> None:
+    """Refuse an entry whose ``value`` is not what its own per-item values give (a hand-edited bar): a paired
+    comparison decides on the items and would silently ignore the edit."""
+    items, parts = entry.get("items"), key.split("|")
+    if not items or not items.get("values") or len(parts) < 4:
+        return
+    try:
+        recomputed = aggregate(parts[3], items["values"])[0]
+    except (TypeError, ValueError, IndexError):
+        return  # values of a shape this metric does not aggregate: checked where they are compared
+    if not math.isclose(recomputed, float(entry["value"]), rel_tol=1e-6, abs_tol=1e-9):
+        raise QuantUsageError(
+            f"baseline file {path}: metrics[{key!r}].value is {entry['value']:g} but its own {len(items['values'])} "
+            f"per-item values give {recomputed:.4g}: the value was edited by hand, and a paired comparison decides on "
+            "the items; save a new baseline with --quant-save-baseline, or delete the entry's 'items' to compare "
+            "against the edited value (unpaired)")
 
 
 class Baseline:

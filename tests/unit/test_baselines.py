@@ -11,7 +11,7 @@ import pytest
 from pytest_quant.gate.baseline import Baseline, save_baseline
 from pytest_quant.infra.errors import QuantUsageError
 from pytest_quant.gate.stats import FAIL, PASS
-from pytest_quant.gate.verdict import GateRow
+from pytest_quant.gate.verdict import GateItems, GateRow
 
 
 ROW = GateRow.from_dict({"model": "m", "scheme": "W4A16", "task": "quant_facts", "metric": "acc", "verdict": "PASS",
@@ -36,6 +36,25 @@ def test_baseline_roundtrip_merge_and_regression(tmp_path: Path) -> None:
     assert "library versions differ from the baseline's: lm_eval 0.4.13 -> 0.5" in text
     v, text = b.compare("other", "acc", 0.1, 0.0, {}, {}, 0.05, 0.05)
     assert v is None and "has no entry 'other'" in text
+
+
+def test_a_hand_edited_value_is_refused_not_silently_compared_on_the_items(tmp_path: Path) -> None:
+    """A user raises a baseline's value (as vLLM's YAML ``value:`` is edited) and leaves its items: the file is refused
+    with one line saying what to do; its items alone still load, and so does the value without items (unpaired)."""
+    items = GateItems(ids=list(range(100)), quantized=[1.0] * 57 + [0.0] * 43)
+    row = dataclasses.replace(ROW, quantized=0.57, extra=dataclasses.replace(ROW.extra, items=items))
+    path = tmp_path / "b.json"
+    save_baseline(path, [row], overwrite=False)
+    assert Baseline.load(path).entries[ROW.key]["value"] == 0.57
+    data = json.loads(path.read_text())
+    data["metrics"][ROW.key]["value"] = 0.80
+    path.write_text(json.dumps(data))
+    with pytest.raises(QuantUsageError, match=r"value is 0.8 but its own 100 per-item values give 0.57: the value "
+                                              "was edited by hand"):
+        Baseline.load(path)
+    del data["metrics"][ROW.key]["items"]
+    path.write_text(json.dumps(data))
+    assert Baseline.load(path).entries[ROW.key]["value"] == 0.80
 
 
 def test_bad_baselines(tmp_path: Path) -> None:
