@@ -124,10 +124,14 @@ CHILD = textwrap.dedent("""
 def test_sigkill_at_any_point_leaves_no_usable_entry(tmp_path: Path, stage: str) -> None:
     p = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), stage])
     assert p.returncode == -signal.SIGKILL
+    from pytest_quant.infra.verify import main as verify
+
+    assert verify([str(tmp_path)]) == 1  # the user's check names the half-written or unfinished entry
     store = Store(tmp_path, log=lambda m: None)
     assert store.lookup("k", 1) is None
     entry = store.get_or_create("k", 1, write)
     assert not entry.cached
+    assert verify([str(tmp_path)]) == 0
     leftovers = [p.name for p in (tmp_path / "k").iterdir() if p.name.startswith(".tmp-")]
     assert leftovers == []
 
@@ -221,3 +225,24 @@ def test_large_files_are_hashed_once_across_processes_and_again_when_written(tmp
     (tmp_path / "small").write_bytes(b"x")
     assert store_module.remembered_digest(tmp_path / "small") == store_module.file_digest(tmp_path / "small")
     assert len(list((tmp_path / "store" / "digests").iterdir())) == 2  # the small file is never remembered
+
+
+def test_verify_names_corrupt_and_half_written_entries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m pytest_quant.infra.verify DIR``: every entry checked against its manifest, a flipped byte and a
+    killed writer's leftovers named, exit 1; a whole store exit 0; a path that is no store exit 4."""
+    from pytest_quant.infra.verify import main as verify
+
+    store = Store(tmp_path, log=lambda m: None)
+    good = store.get_or_create("checkpoints", 1, write)
+    bad = store.get_or_create("checkpoints", 2, write)
+    assert verify([str(tmp_path)]) == 0
+    blob = next(p for p in bad.path.iterdir() if p.name != "manifest.json")
+    data = bytearray(blob.read_bytes())
+    data[0] ^= 1
+    blob.write_bytes(bytes(data))
+    (tmp_path / "checkpoints" / ".tmp-abc-123-deadbeef").mkdir()
+    assert verify([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"corrupt: {bad.path}: {blob.name} does not match its hash in the manifest" in out
+    assert "half-written:" in out and str(good.path) not in out and "1 whole entries, 2 corrupt or half-written" in out
+    assert verify([str(tmp_path / "nope")]) == 4
