@@ -3,7 +3,7 @@ fidelity gates is written here, from typed values, with no pytest and no session
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from pytest_quant.evaluate.evaluator import ItemResults
@@ -11,7 +11,7 @@ from pytest_quant.evaluate.tasks import Value, higher_is_better
 from pytest_quant.gate.loop import Outcome
 from pytest_quant.gate.scores import Threshold, Verdict, aggregate, is_ratio
 from pytest_quant.gate.stats import FAIL, PASS, UNDECIDED, overall
-from pytest_quant.gate.verdict import Bound, GateDetails, GateItems, GateRow, verdict_outcome
+from pytest_quant.gate.verdict import GateDetails, GateItems, GateRow, verdict_outcome
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,10 @@ def summary(verdict: Verdict, n: int, looks: int) -> str:
     return f"{head} on {n} items after {looks} look{'s' if looks > 1 else ''}: {verdict.describe()}"
 
 
-def bounds(verdict: Verdict) -> dict[str, Bound]:
-    return {name: Bound(**asdict(d)) for name, d in verdict.decisions.items()}
-
-
 def decided(ctx: GateContext, verdict: str, decisions: Verdict, details: GateDetails, **fields: Any) -> GateRow:
     """The row of a gate that reached a verdict: what its test does (UNDECIDED as --quant-undecided says) and each
     bound's decision in the report."""
-    details.bounds = bounds(decisions)
+    details.bounds = dict(decisions.decisions)
     return GateRow(model=ctx.model, scheme=ctx.scheme, task=ctx.task, metric=ctx.metric, verdict=verdict,
                    passed=verdict_outcome(verdict, ctx.undecided), extra=details, build_seconds=ctx.build_seconds,
                    **fields)

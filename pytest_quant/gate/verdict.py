@@ -12,32 +12,10 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter
 
-from pytest_quant.gate.stats import FAIL, PASS, UNDECIDED
+from pytest_quant.gate.stats import FAIL, PASS, UNDECIDED, Decision
 
 ERROR = "ERROR"  # a quant test that failed or errored without a verdict
 FORBID = ConfigDict(extra="forbid")  # the report's schema: no field it does not name
-
-
-@dataclass(kw_only=True)
-class Bound:
-    """One bound's decision at the gate's last look (gate/stats.Decision, as the report keeps it)."""
-
-    __pydantic_config__ = FORBID  # type: ignore[misc]
-
-    verdict: str
-    mean: float  # the margin over the threshold (>= 0: it holds)
-    se: float
-    n: int
-    alpha: float
-    z: float
-
-    @property
-    def lower(self) -> float:
-        return self.mean - self.z * self.se
-
-    @property
-    def upper(self) -> float:
-        return self.mean + self.z * self.se
 
 
 @dataclass(kw_only=True)
@@ -63,7 +41,7 @@ class GateDetails:
 
     __pydantic_config__ = FORBID  # type: ignore[misc]
 
-    bounds: dict[str, Bound] | None = None  # every bound's decision (the figure draws them)
+    bounds: dict[str, Decision] | None = None  # every bound's decision at the last look (the figure draws them)
     items: GateItems | None = None
     stderr: float | None = None
     items_to_decide: int | None = None  # UNDECIDED: the items that would decide it at the observed margin
