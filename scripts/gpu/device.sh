@@ -83,6 +83,12 @@ case "$phase" in
     done
     head -c 600 "$OUT/vllm-support-cc75.json"
     ;;
+  probe)     # issue 32: vLLM's answer per scheme here and for capabilities 7.5 and 10.0 (scripts/gpu/probe.py)
+    for cc in "" 75 100; do
+      timeout 150 python3 scripts/gpu/probe.py $cc > "$OUT/vllm-support${cc:+-cc$cc}.json" 2>> "$OUT/probe.err"
+      python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('${cc:-here}', {k: v.get('kernel') or v.get('error','')[:100] for k,v in d.items()})" "$OUT/vllm-support${cc:+-cc$cc}.json"
+    done
+    ;;
   schemes)   # issue 32: the shipped suite per scheme users ship (vLLM, guide profile, 128 x 1024 calibration):
              # presets in one session (one base evaluation), AWQ and FP8 KV cache in sessions of their own
     set=${2:-presets}; SECONDS=0
@@ -93,10 +99,10 @@ case "$phase" in
       kv) args=(--quant-scheme W4A16 --quant-kv-cache fp8) ;;
     esac
     timeout "${3:-540}" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
-      --quant-num-samples 128 --quant-max-seq-length 1024 --quant-backend vllm -k "not bos" "${args[@]}" \
+      --quant-num-samples 128 --quant-max-seq-length 1024 --quant-backend vllm -k "not bos" -rs "${args[@]}" \
       --quant-report "$OUT/schemes-$set.json" 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/schemes-$set.log"
     echo "[gpu] schemes $set: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/schemes-$set.log"
-    grep -E "^smollm2|^model|SKIPPED|FAILED|ERROR" "$OUT/schemes-$set.log" | cut -c1-260 | tail -40
+    grep -E "^smollm2|^model|^SKIPPED|FAILED|ERROR" "$OUT/schemes-$set.log" | cut -c1-260 | tail -40
     grep -h -i -E "kv cache scal|k_scale|scaling factor|weight-only|LinearKernel" "$OUT/schemes-$set.log" | sort | uniq -c | sort -rn | head -12
     ;;
   multi)

