@@ -115,7 +115,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if case is not None:
             xdist_compat.group_in_node_id(item, case.id)
             gpus = max(qs.settings.get("build_gpus"), qs.settings.get("eval_gpus"))
-            reason = qs.why_skip(case.scheme, specs["quant_requires"], gpus)
+            reason = qs.why_not_build(case) or qs.why_skip(case.scheme, specs["quant_requires"], gpus)
         else:
             reason = qs.why_skip(None, specs["quant_requires"])
         if reason:

@@ -175,6 +175,17 @@ class QuantSession:
         """Why ``scheme`` is evaluated with another backend than the session's, or None."""
         return self._eval_choice(scheme)[1]
 
+    def why_not_build(self, case: Case) -> str | None:
+        """Why ``case``'s checkpoint cannot be built on this machine (skipped before any build), or None."""
+        if case.checkpoint:
+            return None
+        recipe = self.recipe(case.scheme)
+        if recipe.method.startswith("awq") and self.compute == "cpu":
+            return (f"{recipe.label}: llm-compressor 0.14's AWQ needs an accelerator (its activation cache pins memory: "
+                    "'Cannot access accelerator device when none is available'); build on a GPU, or use "
+                    "--quant-algorithm gptq or rtn")
+        return None
+
     def scheme_note(self, scheme: str | None) -> str | None:
         """What results of ``scheme`` must say about how its backend ran it here (backend.note), or None."""
         return self.supported(self.eval_backend(scheme)).note(scheme) if scheme else None
@@ -264,13 +275,8 @@ class QuantSession:
         from pytest_quant.build.checkpoint import _shape_model
         from pytest_quant.build.recipes import check_shapes
 
-        recipe = self.recipe(case.scheme)
-        if recipe.method.startswith("awq") and self.settings.get("build_gpus") == 1 and self.compute == "cpu":
-            raise QuantUsageError(f"{case.scheme} with {recipe.method}: llm-compressor 0.14's AWQ needs an accelerator "
-                                  "(its activation cache pins memory: 'Cannot access accelerator device when none is "
-                                  "available'); build on a GPU, or use --quant-algorithm gptq or rtn")
         base_path, _ = self.base(case.model)
-        check_shapes(_shape_model(base_path, self.trust_remote_code), recipe)
+        check_shapes(_shape_model(base_path, self.trust_remote_code), self.recipe(case.scheme))
         self._checked.add(case)
 
     def checkpoint(self, case: Case) -> Checkpoint:

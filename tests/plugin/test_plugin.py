@@ -524,3 +524,13 @@ def test_each_gate_is_planned_once_at_collection_finish(fake: pytest.Pytester, m
     r = run(fake, "--quant-scheme", "W8A8")
     assert sum(r.parseoutcomes().get(k, 0) for k in ("passed", "failed")) == 2
     assert len(calls) == 2, calls  # one accuracy gate and one BOS gate, each planned once
+
+
+def test_an_algorithm_this_machine_cannot_run_is_skipped_before_any_build(fake: pytest.Pytester) -> None:
+    """llm-compressor 0.14's AWQ needs an accelerator: on a CPU every test of the case is skipped with the reason,
+    nothing is built; the same run with GPTQ runs."""
+    fake.makepyfile(test_gates=GATED)
+    r = run(fake, "--quant-scheme", "W4A16", "--quant-algorithm", "awq", "--quant-device", "cpu", "-rs")
+    r.assert_outcomes(skipped=2)
+    r.stdout.fnmatch_lines(["*W4A16+awq: llm-compressor 0.14's AWQ needs an accelerator*"])
+    run(fake, "--quant-scheme", "W4A16", "--quant-algorithm", "gptq", "--quant-device", "cpu").assert_outcomes(passed=2)
