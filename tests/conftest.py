@@ -72,7 +72,7 @@ def vllm_support(vllm_python: str) -> dict[str, dict[str, str]]:
     import json
 
     from pytest_quant.build.schemes import get_scheme
-    from pytest_quant.evaluate.backends.vllm import probe_schemes
+    from pytest_quant.evaluate.backends.vllm_probe import probe_schemes
     from pytest_quant.infra.machine import cpu_dtype
 
     schemes = {"W4A16": get_scheme("W4A16").with_group(64), "W8A8": get_scheme("W8A8")}

@@ -11,21 +11,21 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pytest_quant.build.checkpoint import Checkpoint, build_checkpoint, given_checkpoint, resolve_device
 from pytest_quant.build.calibration import CalibrationSpec
 from pytest_quant.infra.errors import QuantUsageError
 from pytest_quant.evaluate.backends import Backend, get_backend, resolve
-from pytest_quant.evaluate.backends import names as backend_names
 from pytest_quant.evaluate.evaluator import EvalRun, Evaluator, ItemResults
 from pytest_quant.evaluate.gpu_memory import gpu_work
 from pytest_quant.evaluate.fidelity import fidelity
-from pytest_quant.infra.hardware import Device, detect_device, why_skip, xdist_worker
+from pytest_quant.infra.hardware import Device, detect_device, xdist_worker
 from pytest_quant.build.models import as_is, materialize, resolve_model
 from pytest_quant.session.settings import Settings
+from pytest_quant.session.support import SchemeSupport
 from pytest_quant.build.recipes import RecipeSpec, parse_recipe
-from pytest_quant.build.schemes import COMMON, default_algorithm, get_scheme
+from pytest_quant.build.schemes import default_algorithm
 from pytest_quant.gate.stats import plan_looks
 from pytest_quant.infra.store import Store
 from pytest_quant.evaluate.tasks import item_order, task_size
@@ -79,7 +79,9 @@ def limit_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-class QuantSession:
+class QuantSession(SchemeSupport):
+    """One session's state; which backend runs each scheme here is :class:`SchemeSupport`'s."""
+
     def __init__(self, settings: Settings, cache_dir: Path | None, cache_problem: str | None = None) -> None:
         self.settings = settings
         root = settings.get("cache_dir") or cache_dir
@@ -124,78 +126,6 @@ class QuantSession:
         self.backend  # noqa: B018  (resolves it)
         assert self._backend is not None
         return self._backend[1]
-
-    def supported(self, name: str) -> Backend:
-        """Backend ``name`` knowing which of the schemes it can run on this device (asked once per session)."""
-        if name not in self._supported:
-            self._supported[name] = self.backend_object(name).for_device(self.store, self.device, self._asked())
-        return self._supported[name]
-
-    def _asked(self) -> dict[str, dict[str, Any]]:
-        """What the backends are asked about: each scheme users commonly ship and this session's, as one
-        compressed-tensors config group at the session's group size, and each given checkpoint's own."""
-        from pytest_quant.build.checks import config_group, quantization_config
-
-        gs, out = self.settings.get("group_size"), {}
-        for name in dict.fromkeys([*COMMON, *(s for s in self.settings.get("scheme") if s)]):
-            scheme = get_scheme(name)
-            if isinstance(gs, int) and scheme.group_size and not scheme.group_fixed:
-                scheme = scheme.with_group(None if gs == -1 else gs)
-            group = scheme.config_group()
-            if self.settings.get("actorder") == "group":
-                group["weights"]["actorder"] = "group"
-            out[name] = {"group": group, "format": scheme.format}
-        for case in self.cases():
-            if case.checkpoint:
-                path = Path(case.checkpoint)
-                out[case.scheme] = {"group": config_group(path), "format": quantization_config(path).get("format")}
-        return out
-
-    def _eval_choice(self, scheme: str | None) -> tuple[str, str | None]:
-        """(the backend that evaluates ``scheme``, why it is not the session's or None), decided once per scheme."""
-        if scheme not in self._choices:
-            self._choices[scheme] = (self.backend, None)
-            why = self.supported(self.backend).supports(scheme, self.device) if scheme else None
-            if self.requested_backend == "auto" and why:
-                for name in backend_names():
-                    if name != self.backend and self.backend_object(name).available(asked=False) is None \
-                            and not self.supported(name).supports(scheme, self.device):
-                        self._choices[scheme] = (name, f"evaluated with {self.backend_object(name).title}: {why[:300]}")
-                        break
-        return self._choices[scheme]
-
-    def eval_backend(self, scheme: str | None) -> str:
-        """The backend that evaluates ``scheme``'s checkpoints and, paired with them, their base model: the
-        session's; with --quant-backend auto, the first backend (in the registry's order) that can run a scheme
-        the session's cannot here (vLLM's CPU build has no W4A16 kernel on CPUs without AVX-512 or native bf16:
-        transformers). With a backend named, such a scheme is skipped instead (:meth:`why_skip`)."""
-        return self._eval_choice(scheme)[0]
-
-    def why_other(self, scheme: str | None) -> str | None:
-        """Why ``scheme`` is evaluated with another backend than the session's, or None."""
-        return self._eval_choice(scheme)[1]
-
-    def why_not_build(self, case: Case) -> str | None:
-        """Why ``case``'s checkpoint cannot be built on this machine (skipped before any build), or None."""
-        if case.checkpoint:
-            return None
-        recipe = self.recipe(case.scheme)
-        if recipe.method.startswith("awq") and self.compute == "cpu":
-            return (f"{recipe.label}: llm-compressor 0.14's AWQ needs an accelerator (its activation cache pins memory: "
-                    "'Cannot access accelerator device when none is available'); build on a GPU, or use "
-                    "--quant-algorithm gptq or rtn")
-        return None
-
-    def scheme_note(self, scheme: str | None) -> str | None:
-        """What results of ``scheme`` must say about how its backend ran it here (backend.note), or None."""
-        return self.supported(self.eval_backend(scheme)).note(scheme) if scheme else None
-
-    def why_skip(self, scheme: str | None, requires: Sequence[Any] = (), gpus: int = 1,
-                 backend_needed: str | None = None) -> str | None:
-        """Why a test of ``scheme`` (None: a test of no scheme) cannot run here, or None: the one skip policy of
-        markers, the shipped suite and YAML items (hardware.why_skip, asked of the backend that would evaluate it)."""
-        return why_skip(self.device, self.supported(self.eval_backend(scheme)),
-                        self.why_other(scheme) or self.backend_reason, scheme, requires, gpus, backend_needed)
 
     @property
     def device(self) -> Device:

@@ -6,7 +6,7 @@ import os
 import sys
 
 from pytest_quant.build.schemes import COMMON, get_scheme
-from pytest_quant.evaluate.backends.vllm import probe_schemes
+from pytest_quant.evaluate.backends.vllm_probe import probe_schemes
 
 capability = int(sys.argv[1]) if len(sys.argv) > 1 else None
 asked = {}
