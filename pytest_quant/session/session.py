@@ -94,7 +94,7 @@ class QuantSession(SchemeSupport):
         self._device: Device | None = None
         self._supported: dict[str, Backend] = {}
         self._choices: dict[str | None, tuple[str, str | None]] = {}
-        self._recipes: set[tuple[Path, str]] = set()
+        self._recipes: dict[Path, str] = {}
         self._checkpoints: dict[Any, Checkpoint] = {}
         self._bases: dict[str, tuple[Path, Any]] = {}
         self._checked: set[Case] = set()
@@ -174,11 +174,11 @@ class QuantSession(SchemeSupport):
         if self.settings.source("scheme") and not path:
             raise QuantUsageError(f"{where}: give --quant-recipe or --quant-scheme, not both (the recipe names its "
                                   "own scheme)")
-        text = file.read_text()
-        if (file, text) not in self._recipes:
+        if file not in self._recipes:  # read and checked once: every step of the session builds the same text
+            text = file.read_text()
             parse_recipe(text, f"{where} {file}")
-            self._recipes.add((file, text))
-        return f"recipe:{file.stem}", text
+            self._recipes[file] = text
+        return f"recipe:{file.stem}", self._recipes[file]
 
     def recipe(self, scheme: str, overrides: dict[str, Any] | None = None) -> RecipeSpec:
         s, o = self.settings, overrides or {}
