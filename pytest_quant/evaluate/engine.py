@@ -30,6 +30,21 @@ RUNNER = Path(lm_runner.__file__).resolve()
 KERNEL = re.compile(r"\b(\w+(?:LinearKernel|ScaledMMLinearKernel))\b")
 # What vLLM says of an FP8 KV cache's scales: the checkpoint's (k_scale/v_scale loaded) or 1.0 when it has none
 KV_SCALES = re.compile(r"[^\n]*(?:(?:KV|kv)[ _-]?cache[^\n]*scal|k_scale|scaling factor)[^\n]*")
+# What a GPU engine reserved and how long its start took, from vLLM's own log lines (GiB, tokens, seconds)
+RESERVED = {"weights_gib": re.compile(r"Model loading took ([\d.]+) ?GiB"),
+            "kv_cache_gib": re.compile(r"Available KV cache memory: ([\d.]+) ?GiB"),
+            "kv_cache_tokens": re.compile(r"GPU KV cache size: ([\d,]+) tokens"),
+            "engine_init_seconds": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)")}
+
+
+def reserved(text: str) -> dict[str, float]:
+    """What vLLM's log says the engine reserved (the last value of each line; none on a CPU for some)."""
+    out = {}
+    for name, pattern in RESERVED.items():
+        found = pattern.findall(text)
+        if found:
+            out[name] = float(found[-1].replace(",", ""))
+    return out
 
 
 class EvaluationFailed(QuantError):
@@ -48,6 +63,7 @@ class Engine:
         self.dir = Path(tempfile.mkdtemp(prefix="pytest-quant-engine-"))
         self.log = self.dir / "vllm.log"
         self.requests = 0
+        self.started_as = (python, env, backend)
         self.config, self.free_at_start = run_config(env, backend), free_gib()
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([python, str(RUNNER), "--serve"], stdin=subprocess.PIPE, stdout=out,
@@ -86,6 +102,8 @@ class Engine:
         text = self.text()
         response["kernels"] = sorted(set(KERNEL.findall(text)))
         response["kv_cache"] = sorted({" ".join(m.split()) for m in KV_SCALES.findall(text)})[:3]
+        response["engine"] = {**{k: v for k, v in request["model_args"].items()
+                                 if k in ("enforce_eager", "gpu_memory_utilization")}, **reserved(text)}
         return response
 
     def text(self) -> str:
@@ -100,24 +118,23 @@ class Engine:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-# On a GPU every vLLM engine takes this share of the card (vLLM's own default, 0.9, would leave no room for a
-# second engine): base and quantized engines of a gate stay alive side by side, with a tenth of the card for the
-# pytest process. Anything that puts a model on the GPU in the pytest process (a build, fidelity, the
-# transformers backend) closes the engines first (``gpu_memory.gpu_work``).
-GPU_ENGINE_SHARE = 0.4
-GPU_BUDGET = 0.9
+# At most this many engines stay alive per pytest process: a gate pairs a base and a quantized model, and a
+# session's next model should not wait for the one before the last to close. On a GPU each engine asks only the share
+# of the card its model needs (backends/vllm_memory.py), so they fit side by side.
+KEEP_ENGINES = 2
 
 
 class EnginePool:
     """Live vLLM runners by (interpreter, model arguments, environment): a model loads once per session.
 
-    At most ``capacity`` stay alive (the least recently used one is closed): two on a CPU, where a base and a
-    quantized model fit side by side; on a GPU as many as fit in ``GPU_BUDGET`` of the card at each engine's
-    ``gpu_memory_utilization`` (two at ``GPU_ENGINE_SHARE``; one when a config asks for more than half).
+    At most ``KEEP_ENGINES`` stay alive (the least recently used one is closed), and only one when an engine asks
+    for more than half of a GPU. On a GPU a spare runner is started beside each new engine: it imports vLLM and
+    lm-eval while the session builds or evaluates, and the next model loads in it.
     """
 
     def __init__(self) -> None:
         self.engines: dict[str, Engine] = {}
+        self.spare: Engine | None = None
 
     def ask(self, python: str, request: dict[str, Any], device: str, env: dict[str, str], timeout: float,
             log: Callable[[str], None], backend: str) -> dict[str, Any]:
@@ -126,11 +143,13 @@ class EnginePool:
         key = digest([python, request["model_args"], {k: v for k, v in env.items() if k.startswith("VLLM_")}])
         engine = self.engines.pop(key, None)
         if engine is None:
-            share = float(request["model_args"].get("gpu_memory_utilization", GPU_ENGINE_SHARE))
-            capacity = 2 if device == "cpu" else max(1, int(GPU_BUDGET / share + 1e-9))
+            share = float(request["model_args"].get("gpu_memory_utilization", 0))
+            capacity = 1 if device != "cpu" and share > 0.5 else KEEP_ENGINES
             while len(self.engines) >= capacity:
                 self.engines.pop(next(iter(self.engines))).close()
-            engine = Engine(python, env, backend)
+            engine = self._take_spare(python, env, backend)
+            if device != "cpu":
+                self.spare = Engine(python, env, backend)
         self.engines[key] = engine  # most recently used last
         start = time.perf_counter()
         try:
@@ -146,10 +165,31 @@ class EnginePool:
             + "".join(f"; vLLM on the KV cache: {line[-200:]}" for line in response.get("kv_cache", [])))
         return response
 
+    def prestart(self, python: str, env: dict[str, str], backend: str) -> None:
+        """Start a spare runner now (on a GPU, when the session starts): the first model loads in it."""
+        if self.spare is None:
+            self.spare = Engine(python, env, backend)
+
+    def _take_spare(self, python: str, env: dict[str, str], backend: str) -> Engine:
+        """The spare runner when it was started with this interpreter and environment, else a new runner."""
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.started_as == (python, env, backend) and spare.proc.poll() is None:
+            return spare
+        if spare is not None:
+            spare.close()
+        return Engine(python, env, backend)
+
     def close(self) -> None:
+        """Close the engines holding models; a spare runner holds no GPU memory and stays."""
         while self.engines:
             self.engines.pop(next(iter(self.engines))).close()
 
+    def shutdown(self) -> None:
+        self.close()
+        if self.spare is not None:
+            self.spare.close()
+            self.spare = None
+
 
 ENGINES = EnginePool()
-atexit.register(ENGINES.close)
+atexit.register(ENGINES.shutdown)

@@ -64,6 +64,7 @@ class ItemResults:
     elsewhere: str | None = None  # says so when some were measured on another machine (machine.elsewhere_note)
     machine: dict[str, Any] = field(default_factory=dict)  # the evaluating machine's signature (machine.signature)
     answers: dict[int, Any] = field(default_factory=dict)  # what the model answered (lm_runner._model_answer), per item
+    engine: dict[str, Any] = field(default_factory=dict)  # how the engine started and what it reserved (vLLM's log)
 
     def values(self, metric: str, ids: list[int]) -> list[Value]:
         """The metric's value on each of ``ids``, in that order."""
@@ -151,7 +152,8 @@ class Evaluator:
                     r = response["runs"][run.id]
                     info = {"items": [str(i) for i in ids], "bos_prefix_counts": r["bos_prefix_counts"],
                             "seconds": r["seconds"], "kernels": response["kernels"], "versions": response["versions"],
-                            "numerics": response.get("numerics", {}), "machine": here, "backend": backend.name}
+                            "numerics": response.get("numerics", {}), "machine": here, "backend": backend.name,
+                            "engine": response.get("engine", {})}
                     body, answers = json.dumps(r["items"]), json.dumps(r.get("answers", {}))
 
                     def write(out: Path, body: str = body, answers: str = answers, info: dict = info) -> dict:
@@ -184,7 +186,7 @@ class Evaluator:
                                    last.get("kernels", []), last.get("versions", {}), cached=run not in missing,
                                    numerics=last.get("numerics", {}),
                                    elsewhere=elsewhere_note([m or {} for m in machines], here), machine=here,
-                                   answers={i: answers[i] for i in ids if i in answers})
+                                   answers={i: answers[i] for i in ids if i in answers}, engine=last.get("engine", {}))
         return out
 
 

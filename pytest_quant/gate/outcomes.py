@@ -95,7 +95,7 @@ def accuracy_row(ctx: GateContext, t: Threshold, outcome: Outcome[Paired], extra
     head = f"{metric} = {q:.4f} ± {se:.4f} (n={outcome.n})" + (f", base {base:.4f}, recovery {recovery:.3f}"
                                                                 if base is not None and recovery is not None else "")
     details = GateDetails(stderr=se, versions=v.quantized.versions, items_to_decide=outcome.needed,
-                          numerics=v.quantized.numerics,
+                          numerics=v.quantized.numerics, engine=v.quantized.engine or None,
                           items=GateItems(ids=ids, quantized=v.q, base=v.b,
                                           answers=answers(ids, quantized=v.quantized, base=v.base)),
                           **extra.details)

@@ -48,6 +48,7 @@ class GateDetails:
     versions: dict[str, Any] | None = None
     numerics: dict[str, Any] | None = None  # the quantized model's evaluation numerics (dtype, kernels' switches)
     machine: dict[str, Any] | None = None  # the evaluating machine's signature
+    engine: dict[str, Any] | None = None  # the quantized model's engine: start mode, GPU share, what vLLM reserved
     settings: dict[str, Any] | None = None  # what a baseline must match to be compared with
     task_digest: str | None = None
     baseline_comparison: Literal["paired", "unpaired"] | None = None

@@ -135,6 +135,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("cpu_w4a8", "let vLLM's CPU build run W4A16 checkpoints with int8 activations on CPUs with AMX "
            "(VLLM_CPU_INT4_W4A8=1); off by default, so gates measure the 16-bit activations of a GPU deployment",
            bool, False, flag=True),
+    Option("gpu_memory", "share of the GPU each vLLM engine asks for: 'auto' (sized to the model: its weights, a KV "
+           "cache for the evaluation's batch, 4 GiB for activations) or a number in (0, 0.95]",
+           Literal["auto"] | between(0, 0.95, True, False), "auto"),
+    Option("engine_mode", "how vLLM starts on a GPU: 'auto' or 'eager' (no compilation: at a gate's item counts it "
+           "costs more than it saves, docs/GPU.md), 'compiled' (torch.compile and CUDA graphs, vLLM's compile cache "
+           "kept in the store)", Literal["auto", "eager", "compiled"], "auto"),
     Option("eval_timeout", "seconds one evaluation subprocess may run", Positive, 1800.0),
     Option("device", "device for builds and transformers evaluation: auto, cpu or cuda", Literal["auto", "cpu", "cuda"],
            "auto"),

@@ -64,12 +64,13 @@ trap 'kill $sampler 2>/dev/null; python3 scripts/gpu/peak_memory.py /tmp/gpu-mem
 PYTEST=(python3 -m pytest -p pytest_quant.plugin -p no:cacheprovider -q -o log_cli=true --log-cli-level=INFO
         --log-cli-format "%(asctime)s %(message)s" --log-cli-date-format "%H:%M:%S")
 case "$phase" in
-  suite)
-    SECONDS=0
-    timeout 470 "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
-      --quant-backend vllm --quant-report "$OUT/suite-vllm.json" 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" \
-      > "$OUT/suite-vllm.log"
-    echo "[gpu] vllm suite: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-vllm.log"; tail -25 "$OUT/suite-vllm.log"
+  suite)     # suite [N]: the shipped suite (guide profile, vLLM) on an empty store; N > 0: N xdist workers on this GPU
+    n=${2:-0}; name=suite-vllm${2:+-n$n}; SECONDS=0
+    xd=(); [ "$n" -gt 0 ] && xd=(-n "$n" --dist loadgroup)
+    QUANT_CACHE_DIR=/tmp/quant-cache-$name timeout 470 "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide \
+      --quant-group-size auto --quant-backend vllm --quant-report "$OUT/$name.json" "${xd[@]}" 2>&1 \
+      | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/$name.log"
+    echo "[gpu] $name: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/$name.log"; grep -E "took|PASS|FAIL|ERROR" "$OUT/$name.log" | cut -c1-300 | tail -25
     ;;
   compare)
     SECONDS=0
@@ -83,27 +84,42 @@ case "$phase" in
     done
     head -c 600 "$OUT/vllm-support-cc75.json"
     ;;
-  probe)     # issue 32: vLLM's answer per scheme here and for capabilities 7.5 and 10.0 (scripts/gpu/probe.py)
+  probe)     # issue 32: vLLM's answer per scheme here and for capabilities 7.5 and 10.0 (scripts/gpu/probe.py), side by side
     for cc in "" 75 100; do
-      timeout 150 python3 scripts/gpu/probe.py $cc > "$OUT/vllm-support${cc:+-cc$cc}.json" 2>> "$OUT/probe.err"
+      timeout 150 python3 scripts/gpu/probe.py $cc > "$OUT/vllm-support${cc:+-cc$cc}.json" 2>> "$OUT/probe-${cc:-here}.err" &
+    done
+    wait
+    for cc in "" 75 100; do
       python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('${cc:-here}', {k: v.get('kernel') or v.get('error','')[:100] for k,v in d.items()})" "$OUT/vllm-support${cc:+-cc$cc}.json"
     done
     ;;
+  bench)     # issue 33: engine start and memory (scripts/gpu/engine_bench.py): bench ARCH ITEMS [CONFIGS [S]]
+    timeout "${5:-500}" python3 scripts/gpu/engine_bench.py --arch "${2:-smollm2-135m}" --items "${3:-0}" \
+      --configs "${4:-before,eager,compiled,compiled2,hf}" --vllm-python /tmp/vllm-python --out "$OUT" 2>&1 \
+      | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/engine-${2:-smollm2-135m}.log"
+    grep -E "^\[engine\]|^[a-z0-9.]+ +[0-9.]+ |^config|items|pays|Error|error" "$OUT/engine-${2:-smollm2-135m}.log" | cut -c1-400 | tail -30
+    ;;
   schemes)   # issue 32: the shipped suite per scheme users ship (vLLM, guide profile, 128 x 1024 calibration):
              # presets in one session (one base evaluation), AWQ and FP8 KV cache in sessions of their own
-    set=${2:-presets}; SECONDS=0
-    case "$set" in
-      presets) args=(--quant-scheme FP8_DYNAMIC --quant-scheme FP8 --quant-scheme FP8_BLOCK --quant-scheme NVFP4A16
-                     --quant-scheme NVFP4 --quant-scheme W4AFP8 --quant-scheme MXFP4A16) ;;
-      awq) args=(--quant-scheme W4A16 --quant-algorithm awq) ;;
-      kv) args=(--quant-scheme W4A16 --quant-kv-cache fp8) ;;
-    esac
-    timeout "${3:-540}" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
-      --quant-num-samples 128 --quant-max-seq-length 1024 --quant-backend vllm -k "not bos" -rs "${args[@]}" \
-      --quant-report "$OUT/schemes-$set.json" 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/schemes-$set.log"
-    echo "[gpu] schemes $set: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/schemes-$set.log"
-    grep -E "^smollm2|^model|^SKIPPED|FAILED|ERROR" "$OUT/schemes-$set.log" | cut -c1-260 | tail -40
-    grep -h -i -E "kv cache scal|k_scale|scaling factor|weight-only|LinearKernel" "$OUT/schemes-$set.log" | sort | uniq -c | sort -rn | head -12
+    sets=${2:-presets}; [ "$sets" = all ] && sets="presets awq kv"
+    for set in $sets; do
+      case "$set" in
+        presets) args=(--quant-scheme FP8_DYNAMIC --quant-scheme FP8 --quant-scheme FP8_BLOCK --quant-scheme NVFP4A16
+                       --quant-scheme NVFP4 --quant-scheme W4AFP8 --quant-scheme MXFP4A16) ;;
+        awq) args=(--quant-scheme W4A16 --quant-algorithm awq) ;;
+        kv) args=(--quant-scheme W4A16 --quant-kv-cache fp8) ;;
+      esac
+      # side by side on the GPU (issue 33: each engine asks only what its model needs), one store (its locks)
+      (SECONDS=0; timeout "${3:-540}" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
+        --quant-num-samples 128 --quant-max-seq-length 1024 --quant-backend vllm -k "not bos" -rs "${args[@]}" \
+        --quant-report "$OUT/schemes-$set.json" 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/schemes-$set.log"
+       echo "[gpu] schemes $set: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/schemes-$set.log") &
+    done
+    wait
+    for set in $sets; do
+      grep -E "^smollm2|^model|^SKIPPED|FAILED|ERROR" "$OUT/schemes-$set.log" | cut -c1-260 | tail -40
+      grep -h -i -E "kv cache scal|k_scale|scaling factor|weight-only|LinearKernel" "$OUT/schemes-$set.log" | sort | uniq -c | sort -rn | head -8
+    done
     ;;
   multi)
     export QUANT_MULTI_OUT=$OUT

@@ -1,7 +1,8 @@
 """vLLM on a GPU through the plugin: the engine pool's memory rule (run on the lent H100 by scripts/gpu/device.sh).
 
-The rule (pytest_quant/evaluate/evaluator.py): each engine takes GPU_ENGINE_SHARE of the card, so the base and the
-quantized engine of a gate stay alive together within GPU_BUDGET; in-process GPU work (a build) closes them first.
+The rule (pytest_quant/evaluate/backends/vllm_memory.py): each engine asks for the share of the card its model needs,
+so the base and the quantized engine of a gate stay alive side by side in a few GiB (SmolLM2-135M: under 16 GiB for
+both, not 90% of the card); in-process GPU work (a build) closes them first.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import subprocess
 import pytest
 
 from pytest_quant.build.calibration import CalibrationSpec
-from pytest_quant.evaluate.engine import ENGINES, GPU_BUDGET, GPU_ENGINE_SHARE
+from pytest_quant.evaluate.engine import ENGINES
 from pytest_quant.session.settings import Settings
 from pytest_quant.build.recipes import RecipeSpec
 from pytest_quant.session.session import Case, QuantSession, Target
@@ -20,6 +21,7 @@ torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and the vLLM environment")]
 MODEL = "smollm2-135m-instruct"
+SMALL_MODEL_MIB = 16 * 1024  # two 135M engines side by side (issue 33's goal for the whole suite)
 
 
 def used_mib() -> tuple[int, int]:
@@ -49,7 +51,8 @@ def test_base_and_quantized_engines_are_alive_together_within_the_budget(session
     quantized = session.items(Target.of(case), run, ids)
     used, total = used_mib()
     assert len(ENGINES.engines) == 2, f"expected the base and the quantized engine alive, found {len(ENGINES.engines)}"
-    assert used <= GPU_BUDGET * total, f"{used} MiB used of {total} MiB with two engines at {GPU_ENGINE_SHARE}"
+    assert used <= SMALL_MODEL_MIB, f"{used} MiB used of {total} MiB with two engines of a 135M model"
+    assert quantized.engine["gpu_memory_utilization"] < 0.2 and quantized.engine["kv_cache_gib"] > 0, quantized.engine
     assert any("Marlin" in k or "Machete" in k for k in quantized.kernels), quantized.kernels
     assert len(base.items) == len(quantized.items) == 20
 
@@ -63,6 +66,6 @@ def test_a_build_in_the_process_closes_the_engines_and_an_engine_starts_after_it
     run = session.run("quant_facts")
     result = session.items(target, run, session.order("quant_facts")[:20])
     used, total = used_mib()
-    assert used <= GPU_BUDGET * total
+    assert used <= SMALL_MODEL_MIB, f"{used} MiB used of {total} MiB"
     assert any("ScaledMM" in k for k in result.kernels), result.kernels
     assert ck.path.is_dir()

@@ -78,7 +78,7 @@ def test_vllm_runner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (cpu["VLLM_CPU_INT4_W4A8"], cpu["VLLM_ENABLE_V1_MULTIPROCESSING"], cpu["VLLM_TARGET_DEVICE"]) == ("0", "0", "cpu")
     assert vllm_env("cpu", {}, cpu_w4a8=True)["VLLM_CPU_INT4_W4A8"] == "1"
     assert vllm_env("cpu", {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
-    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in vllm_env("cuda", {})  # a GPU engine keeps vLLM's default
+    assert vllm_env("cuda", {})["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # on a GPU too: one import fewer
 
 
 def test_runner_indexes_lm_evals_own_tasks_only_when_asked_and_once(monkeypatch, tmp_path) -> None:
@@ -101,3 +101,37 @@ def test_runner_indexes_lm_evals_own_tasks_only_when_asked_and_once(monkeypatch,
     assert lm_runner._task_manager(str(tmp_path), {"quant_facts"}) is own and built == [False]
     assert "hellaswag" in lm_runner._task_manager(str(tmp_path), {"quant_facts", "hellaswag"}).all_tasks
     assert built == [False, True]
+
+
+def test_a_gpu_engine_asks_for_what_its_model_needs(tmp_path) -> None:
+    """The share of the card: weights + a KV cache of KV_TOKENS + overhead (SmolLM2-135M: 30 layers, 3 KV heads of
+    64); an fp8 KV cache halves the cache; a model too large for the card is capped at 0.9; the option wins."""
+    from pytest_quant.evaluate.backends.vllm import VllmBackend
+    from pytest_quant.evaluate.backends.vllm_memory import GIB, KV_TOKENS, plan
+
+    config = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * (GIB // 4))
+    p = plan(tmp_path, 2048, 139.8)
+    assert p.kv_gib == round(2 * 30 * 3 * 64 * 2 * KV_TOKENS / GIB, 3) == 0.703
+    assert p.weights_gib == 0.25 and p.overhead_gib == 4.03
+    assert p.share == 0.036 and p.share * 139.8 >= p.weights_gib + p.kv_gib + p.overhead_gib
+    assert plan(tmp_path, 2048, 139.8, "fp8").kv_gib == 0.352
+    assert plan(tmp_path, 65536, 139.8).kv_tokens == 131072  # two sequences of max_model_len at least
+    assert plan(tmp_path, 2048, 4.0).share == 0.9
+    backend = VllmBackend(python="python", gpu_memory=0.3)
+    assert backend.model_args(tmp_path, "cuda", 1, {})["gpu_memory_utilization"] == 0.3
+    assert backend.model_args(tmp_path, "cuda", 1, {})["enforce_eager"] is True
+    assert VllmBackend(engine_mode="compiled").model_args(tmp_path, "cpu", 1, {})["enforce_eager"] is False
+
+
+def test_engine_reservation_is_read_from_vllms_log() -> None:
+    from pytest_quant.evaluate.engine import reserved
+
+    log = ("INFO 12-06 [gpu_model_runner.py:2602] Model loading took 0.2637 GiB and 1.05 seconds\n"
+           "INFO 12-06 [gpu_worker.py:298] Available KV cache memory: 1.21 GiB\n"
+           "INFO 12-06 [kv_cache_utils.py:1087] GPU KV cache size: 56,496 tokens\n"
+           "INFO 12-06 [core.py:210] init engine (profile, create kv cache, warmup model) took 3.41 seconds\n")
+    assert reserved(log) == {"weights_gib": 0.2637, "kv_cache_gib": 1.21, "kv_cache_tokens": 56496.0,
+                             "engine_init_seconds": 3.41}
+    assert reserved("nothing") == {}

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from pytest_quant.evaluate.backends.base import Backend
+from pytest_quant.evaluate.backends.vllm_memory import card_gib, plan
 from pytest_quant.evaluate.backends.vllm_probe import SCHEME_PROBE, probe_schemes
-from pytest_quant.evaluate.engine import ENGINES, GPU_ENGINE_SHARE
+from pytest_quant.evaluate.engine import ENGINES
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
 from pytest_quant.infra.exits import signal_note
 from pytest_quant.infra.hardware import xdist_worker
@@ -74,14 +75,14 @@ def vllm_env(device: str, extra: dict[str, str], cpu_w4a8: bool = False) -> dict
     vLLM's CPU build runs W4A16 checkpoints with int8 activations on CPUs with AMX unless
     ``VLLM_CPU_INT4_W4A8=0``; pytest-quant sets it to 0 (``--quant-cpu-w4a8`` sets 1), so a gate measures the
     16-bit activations the checkpoint runs with on a GPU, whatever the CPU. On a CPU the engine core and its worker
-    run in the runner process (two fewer interpreters importing torch and vLLM; the same answers, measured). A
-    config's ``env_vars`` win.
+    run in the runner process (two fewer interpreters importing torch and vLLM; the same answers, measured), on a
+    GPU too where one GPU evaluates. A config's ``env_vars`` win.
     """
     env = {**os.environ, "VLLM_CPU_INT4_W4A8": "1" if cpu_w4a8 else "0", **extra}
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in the runner: 19 s, not 51, on a CPU
     if device == "cpu":
         env.setdefault("VLLM_TARGET_DEVICE", "cpu")
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core and worker in the runner: 19 s, not 51
         if "VLLM_CPU_OMP_THREADS_BIND" not in env:  # vLLM's default reserves one core and binds to core 0
             env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_share()
             env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -134,11 +135,16 @@ class VllmBackend(Backend):
     chosen: ClassVar[str] = "vLLM interpreter configured"
     python: str | None = None
     cpu_w4a8: bool = False
+    gpu_memory: float | None = None  # share of the card per engine; None: sized to the model (vllm_memory.plan)
+    engine_mode: str = "auto"  # auto and eager: enforce_eager; compiled: torch.compile and CUDA graphs
+    compile_cache: str | None = None  # vLLM's compile cache (VLLM_CACHE_ROOT) in the store (for_device)
     support: dict[str, dict[str, str]] | None = field(default=None, compare=False)  # vLLM's answer (for_device)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "VllmBackend":
-        return cls(settings.get("vllm_python"), bool(settings.get("cpu_w4a8")))
+        memory = settings.get("gpu_memory")
+        return cls(settings.get("vllm_python"), bool(settings.get("cpu_w4a8")),
+                   None if memory in (None, "auto") else float(memory), settings.get("engine_mode") or "auto")
 
     def available(self, asked: bool) -> str | None:
         if not self.python:
@@ -164,7 +170,11 @@ class VllmBackend(Backend):
             return {}
 
         entry = store.get_or_create("vllm-support", material, ask, label="vLLM's scheme support")
-        return replace(self, support=json.loads((entry.path / "support.json").read_text()))
+        ready = replace(self, support=json.loads((entry.path / "support.json").read_text()),
+                        compile_cache=str(store.root / "vllm-compile-cache"))
+        if device.kind == "cuda":
+            ENGINES.prestart(self.python or "", ready.env("cuda", {}), self.name)  # vLLM imported while builds run
+        return ready
 
     def supports(self, scheme: str | None, device: Any) -> str | None:
         """vLLM's own answer where it was asked (for_device), else the guides' table."""
@@ -190,9 +200,9 @@ class VllmBackend(Backend):
         return f"{scheme} evaluated weight-only ({answer.get('kernel')}) on this device: vLLM: {answer['note']}"
 
     def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:
+        # eager unless asked: at a gate's item counts compilation costs more than it saves (docs/GPU.md measures it)
         args: dict[str, Any] = {"pretrained": str(path), "max_model_len": 2048, "seed": 0, "batch_size": "auto",
-                                "gpu_memory_utilization": 0.5 if device == "cpu" else GPU_ENGINE_SHARE,
-                                "enforce_eager": True}  # a gate's few hundred items: engine start dominates
+                                "gpu_memory_utilization": 0.5, "enforce_eager": self.engine_mode != "compiled"}
         if device == "cpu":
             args["dtype"] = cpu_dtype()
         if gpus > 1:
@@ -202,6 +212,10 @@ class VllmBackend(Backend):
             if config.is_file() else None
         if kv and kv.get("type") == "float" and kv.get("num_bits") == 8:
             args["kv_cache_dtype"] = "fp8"  # the checkpoint's calibrated KV scales (vLLM reads k_scale/v_scale)
+        if device != "cpu":
+            args["gpu_memory_utilization"] = self.gpu_memory or plan(
+                path, int(engine.get("max_model_len", args["max_model_len"])), card_gib(),
+                engine.get("kv_cache_dtype", args.get("kv_cache_dtype"))).share
         return args
 
     def check(self, path: Path, gpus: int) -> None:
@@ -212,7 +226,10 @@ class VllmBackend(Backend):
         return probe_vllm(self.python or "")
 
     def env(self, device: str, env_vars: dict[str, str]) -> dict[str, str]:
-        return vllm_env(device, env_vars, self.cpu_w4a8)
+        env = vllm_env(device, env_vars, self.cpu_w4a8)
+        if self.engine_mode == "compiled" and self.compile_cache:
+            env.setdefault("VLLM_CACHE_ROOT", self.compile_cache)  # a second run on this machine reuses the graphs
+        return env
 
     def numerics(self, env: dict[str, str]) -> dict[str, Any]:
         return {"cpu_int4_w4a8": env["VLLM_CPU_INT4_W4A8"]}

@@ -1,0 +1,101 @@
+"""Issue 33: how a vLLM engine should start for a gate, measured through the plugin's own evaluate() on one GPU.
+
+    python scripts/gpu/engine_bench.py --arch smollm2-135m --items 0 --out DIR
+    python scripts/gpu/engine_bench.py --arch llama-3.1-8b --items 200 --out DIR   (random weights: time and memory)
+
+Configurations, each on an empty store of its own and a runner started cold (its import of vLLM counted; in a session
+a spare runner imports it while the session builds):
+  before     the engine as the plugin started it until this issue: engine core in a process of its own, 0.4 of the card
+  eager      now: engine core in the runner, the card's share sized to the model (backends/vllm_memory.py)
+  compiled   torch.compile and CUDA graphs, an empty compile cache;  compiled2: the same again, the cache warm
+  hf         transformers on the same GPU
+Printed: a table (start, evaluation, items/s, peak GPU MiB above idle, what vLLM reserved) with ratios against
+``eager``, the items where compiled answers differ from eager, and the item count from which compiling pays.
+DIR/engine-ARCH.json holds every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
+
+from scaling import make_model, measured  # noqa: E402
+
+from pytest_quant.build.models import materialize, resolve_model  # noqa: E402
+from pytest_quant.evaluate.engine import ENGINES  # noqa: E402
+from pytest_quant.evaluate.evaluator import EvalRun, evaluate  # noqa: E402
+from pytest_quant.evaluate.tasks import item_order  # noqa: E402
+from pytest_quant.infra.store import Store  # noqa: E402
+
+CONFIGS = {
+    "before": ("vllm", {"gpu_memory_utilization": 0.4, "env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}}),
+    "eager": ("vllm", {}),
+    "compiled": ("vllm", {"enforce_eager": False}),
+    "compiled2": ("vllm", {"enforce_eager": False}),
+    "hf": ("hf", {}),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="smollm2-135m", help="smollm2-135m (the bundled model) or a scaling.py ARCH")
+    p.add_argument("--items", type=int, default=0, help="quant_facts items (0: all)")
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--models", default="/tmp/scaling-models")
+    p.add_argument("--vllm-python", required=True)
+    p.add_argument("--out", default=".")
+    a = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="engine-bench-"))
+    base = materialize(resolve_model("smollm2-135m-instruct"), Store(tmp / "models"))[0]
+    model = base if a.arch == "smollm2-135m" else make_model(a.arch, Path(a.models), base)
+    run = EvalRun("quant_facts", num_fewshot=0)
+    ids = item_order("quant_facts", 0)[:a.items or None]
+    compile_cache = tmp / "compile-cache"
+    rows: dict[str, dict] = {}
+    answers: dict[str, dict] = {}
+    for name in a.configs.split(","):
+        backend, engine = CONFIGS[name]
+        engine = json.loads(json.dumps(engine))
+        if name.startswith("compiled"):
+            engine["env_vars"] = {"VLLM_CACHE_ROOT": str(compile_cache)}
+        store = Store(tmp / f"store-{name}")
+        res, seconds, peaks = measured(lambda: evaluate(model, {run: ids}, store, backend=backend,
+                                                        vllm_python=a.vllm_python, device="cuda", engine=engine,
+                                                        label=f"{a.arch} {name}")[run])
+        ENGINES.shutdown()  # the next configuration starts cold
+        answers[name] = res.answers
+        rows[name] = {"seconds": seconds, "eval_seconds": res.seconds, "start_seconds": round(seconds - res.seconds, 1),
+                      "items": len(ids), "items_per_s": round(len(ids) / max(res.seconds, 1e-9), 1),
+                      "peak_mib": peaks[0] if peaks else None, "engine": res.engine,
+                      "accuracy": round(sum(v["acc"] for v in res.items.values()) / len(res.items), 4)}
+        print(f"[engine] {a.arch} {name}: {rows[name]}", flush=True)
+        (Path(a.out) / f"engine-{a.arch}.json").write_text(json.dumps({"arch": a.arch, "rows": rows}, indent=1))
+    ref = rows.get("eager")
+    print(f"\n{a.arch}, {len(ids)} quant_facts items, 0-shot, one GPU (start includes the runner's import of vLLM)")
+    print(f"{'config':10} {'start s':>8} {'eval s':>7} {'items/s':>8} {'peak MiB':>9} {'x eager (total)':>16}  reserved")
+    for name, r in rows.items():
+        ratio = f"{r['seconds'] / ref['seconds']:.2f}x" if ref else "-"
+        print(f"{name:10} {r['start_seconds']:>8} {r['eval_seconds']:>7} {r['items_per_s']:>8} {r['peak_mib']!s:>9} "
+              f"{ratio:>16}  {r['engine']}")
+    for name in ("compiled", "compiled2"):
+        if name in answers and "eager" in answers:
+            differ = [i for i in ids if answers[name].get(i) != answers["eager"].get(i)]
+            print(f"{name}: {len(differ)} of {len(ids)} items answered differently from eager {differ[:10]}")
+    if ref and "compiled2" in rows:
+        c = rows["compiled2"]
+        saved = 1 / ref["items_per_s"] - 1 / c["items_per_s"]
+        extra = c["start_seconds"] - ref["start_seconds"]
+        print("compiling (warm cache) pays from " + (f"{extra / saved:.0f} items" if saved > 0 else
+                                                     "no item count: it is not faster per item") +
+              f" (start +{extra:.1f} s, {saved * 1000:.2f} ms less per item)")
+
+
+if __name__ == "__main__":
+    main()
