@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 from filelock import FileLock, Timeout
 
 from pytest_quant.infra.errors import QuantEnvironmentError
+from pytest_quant.infra.shared import SharedCorrupt, SharedTier, _why
 
 MANIFEST = "manifest.json"
 log = logging.getLogger("pytest_quant")
@@ -131,9 +132,11 @@ class Entry:
 class Store:
     """Entries keyed by content; ``get_or_create`` computes each one at most once."""
 
-    def __init__(self, root: Path | str, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, root: Path | str, log: Callable[[str], None] | None = None,
+                 shared: SharedTier | None = None) -> None:
         self.root = Path(root)
         self.log = log or log_info
+        self.shared = shared  # entries missing here are fetched from it, entries created here published to it
         self._verified: set[Path] = set()
         _REMEMBERED[:] = [self.root / "digests"]
 
@@ -188,17 +191,52 @@ class Store:
         """The whole entry for ``material``, or None; a corrupt entry is reported and treated as absent."""
         final = self.path(kind, material)
         if not final.exists():
-            return None
+            return self._from_shared(kind, final.name)
         problem = None if final in self._verified else self.verify(final)
         if problem is not None:
             self.log(f"cache entry {final} is corrupt ({problem}); it will be rebuilt")
-            return None
+            return self._from_shared(kind, final.name)
         self._verified.add(final)
         return Entry(final, self.read(final), cached=True)
+
+    def _from_shared(self, kind: str, key: str) -> Entry | None:
+        """The entry ``kind/key`` fetched from the shared tier into this store (checked file by file), or None."""
+        if self.shared is None:
+            return None
+        kind_dir = self.root / kind
+        tmp = kind_dir / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            manifest = self.shared.fetch(kind, key, tmp, f"{kind}/{key}")
+            if manifest is None:
+                return None
+            manifest.pop("shared")
+            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
+            final = kind_dir / key
+            if final.exists():
+                trash = kind_dir / f".tmp-{key}-old-{uuid.uuid4().hex[:8]}"
+                os.rename(final, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.rename(tmp, final)
+        except SharedCorrupt as e:
+            self.log(f"{e}: it is not used; computed here instead")
+            return None
+        except OSError as e:
+            self.log(f"could not fetch {kind}/{key} from {self.shared.url} ({_why(e)}); computed here instead")
+            return None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._verified.add(final)
+        return Entry(final, manifest, cached=True)
 
     def entries(self, kind: str) -> list[Entry]:
         """Every whole entry of ``kind`` (corrupt ones are reported and left out)."""
         kind_dir = self.root / kind
+        if self.shared is not None:
+            here = {p.name for p in kind_dir.iterdir()} if kind_dir.is_dir() else set()
+            for key in self.shared.keys(kind):
+                if key not in here:
+                    self._from_shared(kind, key)
         if not kind_dir.is_dir():
             return []
         found = []
@@ -249,6 +287,13 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._verified.add(final)
+        if self.shared is not None and not self.shared.publish(kind, key, final, manifest, label):
+            theirs = self.shared.manifest(kind, key)
+            if theirs is not None and theirs.get("build_id") != manifest["build_id"]:
+                adopted = self._from_shared(kind, key)  # another runner published first: every runner uses its entry
+                if adopted is not None:
+                    self.log(f"{label}: another runner published it first; using the published entry")
+                    return adopted
         return Entry(final, manifest, cached=False)
 
     def get_or_create(self, kind: str, material: Any, create: Callable[[Path], dict[str, Any]],

@@ -1,14 +1,22 @@
-"""Check every entry of a store: ``python -m pytest_quant.infra.verify DIR`` prints each corrupt entry (a file that
+"""Check every entry of a store: ``python -m pytest_quant.infra.verify DIR|URL`` prints each corrupt entry (a file that
 does not match its manifest's SHA-256, a missing or unreadable manifest) and each half-written one (a ``.tmp-*``
-directory a killed process left), then one summary line; exit 0 when the store is whole, 1 otherwise, 4 for a
-path that is no store. Reads only; the next run that needs an entry rebuilds it."""
+directory a killed process left; in a shared store, an uploaded folder no manifest names), then one summary line;
+exit 0 when the store is whole, 1 otherwise, 4 for a path that is no store or a shared store that cannot be read.
+Reads only (a shared store's files are downloaded to a temporary directory to be hashed); the next run that needs an
+entry rebuilds it."""
 
 from __future__ import annotations
 
+import re
 import sys
+import tempfile
 from pathlib import Path
 
+from pytest_quant.infra.errors import QuantUsageError
+from pytest_quant.infra.shared import SharedCorrupt, SharedTier
 from pytest_quant.infra.store import MANIFEST, Store
+
+HEX = re.compile(r"[0-9a-f]{32}")
 
 
 def problems(root: Path) -> tuple[int, list[str]]:
@@ -28,10 +36,48 @@ def problems(root: Path) -> tuple[int, list[str]]:
     return whole, found
 
 
+def shared_problems(tier: SharedTier) -> tuple[int, list[str]]:
+    """(whole entries, one line per corrupt or half-written entry) of a shared store."""
+    files = [p[len(tier.root) + 1:] for p in tier.fs.find(tier.root)]
+    entries = sorted(p[: -len(MANIFEST) - 1] for p in files if p.endswith("/" + MANIFEST))
+    named = {f"{e}/{(tier.manifest(*e.rsplit('/', 1)) or {}).get('shared')}" for e in entries}
+    orphans = set()
+    for p in files:
+        parts = p.split("/")
+        folder = "/".join(parts[:max(i for i, x in enumerate(parts[:-1]) if HEX.fullmatch(x)) + 1]) \
+            if any(HEX.fullmatch(x) for x in parts[:-1]) else None
+        if folder and not p.endswith("/" + MANIFEST) and folder not in named:
+            orphans.add(folder)
+    found = [f"half-written: {tier.url}/{o} (uploaded files no manifest names: a runner died while publishing, "
+             "or lost a race; never fetched)" for o in sorted(orphans)]
+    whole = 0
+    for e in entries:
+        kind, key = e.rsplit("/", 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                whole += tier.fetch(kind, key, Path(tmp), e) is not None
+            except SharedCorrupt as err:
+                found.append(f"corrupt: {err}")
+            except OSError as err:
+                found.append(f"corrupt: {tier.url}/{e}: {err}")
+    return whole, found
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m pytest_quant.infra.verify STORE_DIR", file=sys.stderr)
+        print("usage: python -m pytest_quant.infra.verify STORE_DIR|SHARED_STORE_URL", file=sys.stderr)
         return 4
+    if "://" in argv[0]:
+        try:
+            tier = SharedTier(argv[0], lambda _: None)
+        except QuantUsageError as e:
+            print(str(e).replace("--quant-shared-store ", ""), file=sys.stderr)
+            return 4
+        whole, found = shared_problems(tier)
+        for line in found:
+            print(line)
+        print(f"{tier.url}: {whole} whole entries, {len(found)} corrupt or half-written")
+        return 1 if found else 0
     root = Path(argv[0])
     if not root.is_dir():
         print(f"{root} is not a directory: pass a pytest-quant store (--quant-cache-dir)", file=sys.stderr)

@@ -27,7 +27,8 @@ from pytest_quant.session.support import SchemeSupport
 from pytest_quant.build.recipes import RecipeSpec, parse_recipe
 from pytest_quant.build.schemes import default_algorithm
 from pytest_quant.gate.stats import plan_looks
-from pytest_quant.infra.store import Store
+from pytest_quant.infra.shared import SharedTier
+from pytest_quant.infra.store import Store, log_info
 from pytest_quant.evaluate.tasks import item_order, task_size
 
 
@@ -85,7 +86,8 @@ class QuantSession(SchemeSupport):
     def __init__(self, settings: Settings, cache_dir: Path | None, cache_problem: str | None = None) -> None:
         self.settings = settings
         root = settings.get("cache_dir") or cache_dir
-        self._store = Store(Path(root)) if root else None
+        shared = settings.get("shared_store")
+        self._store = Store(Path(root), shared=SharedTier(shared, log_info) if shared else None) if root else None
         self._store_problem = cache_problem
         self.rebuild = bool(settings.get("rebuild"))
         self.trust_remote_code = bool(settings.get("trust_remote_code"))

@@ -145,6 +145,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", "device for builds and transformers evaluation: auto, cpu or cuda", Literal["auto", "cpu", "cuda"],
            "auto"),
     Option("cache_dir", "checkpoint and result store (default: <pytest cache dir>/quant)", Text),
+    Option("shared_store", "a store CI runners share, as an fsspec URL (s3://bucket/prefix, gs://, az://, a mounted "
+           "path): entries missing from the local store are fetched from it (checked against their manifest), "
+           "entries built here are published to it", Text),
     Option("rebuild", "rebuild checkpoints and re-run evaluations even when cached", bool, False, flag=True),
     Option("trust_remote_code", "allow model repositories to run their own code", bool, False, flag=True),
     Option("baseline", "compare metrics with this baseline file", Text),

@@ -1,0 +1,146 @@
+"""The shared tier behind the local store: entries in object storage (any fsspec URL: ``s3://bucket/prefix``,
+``gs://``, ``az://``, a mounted path) that CI runners fetch instead of building, and publish after building.
+
+Layout: ``<url>/<kind>/<key>/<build_id>/<files>`` and ``<url>/<kind>/<key>/manifest.json`` (the local entry's
+manifest plus the ``shared`` folder name). The manifest is written last, after every file, with a conditional put
+(``If-None-Match: *``; ``O_EXCL`` on a mounted path): an entry exists for readers only once its manifest does, two
+runners publishing one key end with the first manifest (the other adopts it), and an upload killed midway leaves
+only a folder no manifest names. A conditional put rather than a lock object: nothing stale is left by a runner
+that dies, and no second request is needed. Fetched files are checked against the manifest's SHA-256 before use.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pytest_quant.infra.errors import QuantError, QuantUsageError
+from pytest_quant.infra.progress import EVERY
+
+MANIFEST = "manifest.json"
+
+
+class SharedCorrupt(QuantError):
+    """A shared entry whose files do not match its manifest."""
+
+
+def public(url: str) -> str:
+    """``url`` without credentials (``scheme://user:secret@host`` loses ``user:secret@``)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
+
+
+def _why(e: BaseException) -> str:
+    """One line for an error of the storage client, without its request details."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+class SharedTier:
+    """One shared store, opened and checked at the start of a session (exit 4 when it cannot be read)."""
+
+    def __init__(self, url: str, log: Callable[[str], None]) -> None:
+        import fsspec
+
+        self.url, self.log = public(url), log
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as e:
+            raise QuantUsageError(f"--quant-shared-store {self.url}: {_why(e)} (s3:// needs s3fs, gs:// gcsfs, "
+                                  "az:// adlfs)") from None
+        self.root = self.root.rstrip("/")
+        self.writable = True
+        local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        if local:
+            self.fs.makedirs(self.root, exist_ok=True)  # a mounted path
+        try:
+            self.fs.ls(self.root if local else self.root.split("/", 1)[0], detail=False)  # the bucket or container
+        except FileNotFoundError:
+            raise QuantUsageError(f"--quant-shared-store {self.url}: the bucket or container does not exist; "
+                                  "create it or fix the URL") from None
+        except PermissionError as e:
+            raise QuantUsageError(f"--quant-shared-store {self.url}: access refused ({_why(e)}); check the "
+                                  "credentials the storage client reads (for s3://: AWS_ACCESS_KEY_ID, "
+                                  "AWS_SECRET_ACCESS_KEY, AWS_PROFILE)") from None
+        except Exception as e:  # noqa: BLE001  (endpoint unreachable, DNS, TLS: the client's own exception types)
+            raise QuantUsageError(f"--quant-shared-store {self.url}: cannot reach it ({_why(e)}); check the "
+                                  "endpoint (AWS_ENDPOINT_URL for S3-compatible servers) and the network") from None
+
+    def _dir(self, kind: str, key: str) -> str:
+        return f"{self.root}/{kind}/{key}"
+
+    def manifest(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The published manifest of ``kind/key``, or None (not published, or unreadable: then it is reported)."""
+        try:
+            return json.loads(self.fs.cat_file(f"{self._dir(kind, key)}/{MANIFEST}"))
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError) as e:
+            self.log(f"shared entry {self.url}/{kind}/{key} has an unreadable manifest ({e}); not used")
+            return None
+
+    def keys(self, kind: str) -> list[str]:
+        """Keys of ``kind`` that have a folder in the shared tier (published or not)."""
+        try:
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(f"{self.root}/{kind}", detail=False))
+        except FileNotFoundError:
+            return []
+
+    def fetch(self, kind: str, key: str, into: Path, label: str) -> dict[str, Any] | None:
+        """Download the published entry ``kind/key`` into ``into`` (files checked against the manifest); its manifest,
+        or None when none is published. Raises SharedCorrupt when a file does not match."""
+        from pytest_quant.infra.store import file_digest
+
+        manifest = self.manifest(kind, key)
+        if manifest is None or "shared" not in manifest:
+            return None
+        files: dict[str, str] = manifest["files"]
+        src = f"{self._dir(kind, key)}/{manifest['shared']}"
+        sizes = {rel: self.fs.size(f"{src}/{rel}") or 0 for rel in files}
+        total, done, told, start = sum(sizes.values()), 0, time.perf_counter(), time.perf_counter()
+        for rel, sha in files.items():
+            target = into / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(f"{src}/{rel}", str(target))
+            if file_digest(target) != sha:
+                raise SharedCorrupt(f"shared entry {self.url}/{kind}/{key}: {rel} does not match its SHA-256 in "
+                                    "the manifest")
+            done += sizes[rel]
+            if time.perf_counter() - told >= EVERY:
+                told = time.perf_counter()
+                self.log(f"fetching {label} from {self.url}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB "
+                         f"({done / 2**20 / (told - start):.0f} MiB/s)")
+        self.log(f"fetched {label} from {self.url} ({total / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s)")
+        return manifest
+
+    def publish(self, kind: str, key: str, path: Path, manifest: dict[str, Any], label: str) -> bool:
+        """Upload the local entry at ``path`` and then its manifest, unless ``kind/key`` is already published.
+        True when this call published it; False when another runner did first (or publishing is off)."""
+        if not self.writable or self.manifest(kind, key) is not None:
+            return False
+        folder = f"{self._dir(kind, key)}/{manifest['build_id']}"
+        start = time.perf_counter()
+        try:
+            for rel in manifest["files"]:
+                self.fs.put_file(str(path / rel), f"{folder}/{rel}")
+            body = json.dumps({**manifest, "shared": manifest["build_id"]}, indent=2, default=str).encode()
+            self.fs.pipe_file(f"{self._dir(kind, key)}/{MANIFEST}", body, mode="create")
+        except FileExistsError:
+            self._remove(folder)  # another runner's manifest came first: it is the entry
+            return False
+        except PermissionError as e:
+            self.writable = False
+            self._remove(folder)
+            self.log(f"WARNING: cannot write to the shared store {self.url} ({_why(e)}): entries are fetched from "
+                     "it but this session publishes none")
+            return False
+        self.log(f"published {label} to {self.url} in {time.perf_counter() - start:.1f} s")
+        return True
+
+    def _remove(self, folder: str) -> None:
+        try:
+            self.fs.rm(folder, recursive=True)
+        except (FileNotFoundError, PermissionError):
+            pass
