@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
-from pytest_quant.infra.store import digest
+from pytest_quant.infra.files import digest
 
 DATA_DIR = Path(__file__).parents[1] / "data"
 BUNDLED_CALIBRATION = DATA_DIR / "calibration" / "chats.jsonl"

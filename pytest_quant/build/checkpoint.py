@@ -21,7 +21,8 @@ from pytest_quant.build.models import ModelSource, materialize, resolve_model
 from pytest_quant.build.recipes import RecipeSpec, check_shapes, to_modifiers
 from pytest_quant.build.schemes import needs_data
 from pytest_quant.infra.exits import innermost
-from pytest_quant.infra.store import Store, content_digest
+from pytest_quant.infra.files import content_digest
+from pytest_quant.infra.store import Store
 from pytest_quant.infra.versions import versions
 
 LIBRARIES = ("llmcompressor", "compressed-tensors", "transformers", "torch")

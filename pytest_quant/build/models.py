@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
-from pytest_quant.infra.store import Store, remembered_digest, tree_files
+from pytest_quant.infra.files import remembered_digest, tree_files
+from pytest_quant.infra.store import Store
 
 
 @dataclass(frozen=True)

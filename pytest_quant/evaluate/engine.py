@@ -24,7 +24,7 @@ from pytest_quant.infra.errors import QuantError
 from pytest_quant.infra.exits import ended, free_gib, root_cause
 from pytest_quant.infra.machine import describe, signature
 from pytest_quant.infra.progress import EVERY
-from pytest_quant.infra.store import digest
+from pytest_quant.infra.files import digest
 
 RUNNER = Path(lm_runner.__file__).resolve()
 KERNEL = re.compile(r"\b(\w+(?:LinearKernel|ScaledMMLinearKernel))\b")

@@ -23,7 +23,8 @@ from pytest_quant.evaluate.engine import RUNNER
 from pytest_quant.evaluate.tasks import Value, fewshot, task_digest, task_metrics, write_task_dir
 from pytest_quant.infra.errors import QuantError, QuantUsageError
 from pytest_quant.infra.machine import elsewhere_note, emulation, signature
-from pytest_quant.infra.store import Store, atomic_write_text, content_digest, digest, file_digest
+from pytest_quant.infra.files import atomic_write_text, content_digest, digest, file_digest
+from pytest_quant.infra.store import Store
 
 
 @dataclass(frozen=True)

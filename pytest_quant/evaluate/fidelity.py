@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pytest_quant.infra.store import Store, atomic_write_text, content_digest
+from pytest_quant.infra.files import atomic_write_text, content_digest
+from pytest_quant.infra.store import Store
 
 PROMPTS = Path(__file__).parents[1] / "data" / "prompts.jsonl"
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from pytest_quant.infra.errors import QuantUsageError
-from pytest_quant.infra.store import atomic_write_text, digest, file_digest
+from pytest_quant.infra.files import atomic_write_text, digest, file_digest
 
 DATA = Path(__file__).parents[1] / "data" / "tasks"
 Value = Any  # one item's value of a metric: a float, or a [loglikelihood, weight] pair

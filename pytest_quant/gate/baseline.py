@@ -21,7 +21,7 @@ from pytest_quant.gate.scores import Threshold, aggregate, bound_scores
 from pytest_quant.infra.machine import describe, same
 from pytest_quant.gate.stats import judge
 from pytest_quant.gate.verdict import GateRow
-from pytest_quant.infra.store import atomic_write_text
+from pytest_quant.infra.files import atomic_write_text
 from pytest_quant.evaluate.tasks import higher_is_better
 
 FORMAT = "pytest-quant-baseline/2"

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pytest_quant.infra.store import digest
+from pytest_quant.infra.files import digest
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 # Environment switches that change which kernels run (emulating another CPU, or vLLM's W4A8 shortcut).

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pytest_quant.infra.errors import QuantError, QuantUsageError
+from pytest_quant.infra.files import file_digest
 from pytest_quant.infra.progress import EVERY
 
 MANIFEST = "manifest.json"
@@ -91,7 +92,6 @@ class SharedTier:
     def fetch(self, kind: str, key: str, into: Path, label: str) -> dict[str, Any] | None:
         """Download the published entry ``kind/key`` into ``into`` (files checked against the manifest); its manifest,
         or None when none is published. Raises SharedCorrupt when a file does not match."""
-        from pytest_quant.infra.store import file_digest
 
         manifest = self.manifest(kind, key)
         if manifest is None or "shared" not in manifest:

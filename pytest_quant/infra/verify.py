@@ -14,7 +14,8 @@ from pathlib import Path
 
 from pytest_quant.infra.errors import QuantUsageError
 from pytest_quant.infra.shared import SharedCorrupt, SharedTier
-from pytest_quant.infra.store import MANIFEST, Store
+from pytest_quant.infra.files import MANIFEST
+from pytest_quant.infra.store import Store
 
 HEX = re.compile(r"[0-9a-f]{32}")
 

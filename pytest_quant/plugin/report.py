@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pytest_quant.gate.verdict import GateRow
-from pytest_quant.infra.store import atomic_write_text
+from pytest_quant.infra.files import atomic_write_text
 
 REPORT_FORMAT = "pytest-quant-report/1"
 

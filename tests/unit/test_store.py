@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from pytest_quant.infra.errors import QuantEnvironmentError
-from pytest_quant.infra.store import MANIFEST, Store, atomic_write_text, content_digest, digest
+from pytest_quant.infra.files import MANIFEST, atomic_write_text, content_digest, digest
+from pytest_quant.infra.store import Store
 
 
 def write(out: Path, text: str = "weights") -> dict:
@@ -202,7 +203,7 @@ def test_content_digest_sees_a_replaced_file_of_the_same_size_and_time(tmp_path:
 def test_large_files_are_hashed_once_across_processes_and_again_when_written(tmp_path: Path, monkeypatch) -> None:
     """A big model's digest is remembered in the store: a new process reads it back instead of the file; any
     write (even one that keeps the size and the modification time) makes it hash the file again."""
-    import pytest_quant.infra.store as store_module
+    import pytest_quant.infra.files as store_module
 
     monkeypatch.setattr(store_module, "REMEMBER_FROM", 1 << 20)
     big = tmp_path / "model" / "w.bin"

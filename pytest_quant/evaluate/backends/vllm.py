@@ -19,7 +19,7 @@ from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
 from pytest_quant.infra.exits import signal_note
 from pytest_quant.infra.hardware import xdist_worker
 from pytest_quant.infra.machine import cpu_dtype, signature
-from pytest_quant.infra.store import digest
+from pytest_quant.infra.files import digest
 
 
 @lru_cache(maxsize=None)
