@@ -37,6 +37,13 @@ RESERVED = {"weights_gib": re.compile(r"Model loading took ([\d.]+) ?GiB"),
             "engine_init_seconds": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)")}
 
 
+def kv_scales_used(text: str) -> str:
+    """Which k/v scales vLLM's FP8 KV cache used: 1.0 is what it logs when the checkpoint gave none."""
+    if "KV cache scaling factor 1.0" in text:
+        return "1.0: vLLM found no calibrated k/v scales in the checkpoint"
+    return "the checkpoint's calibrated k/v scales"
+
+
 def reserved(text: str) -> dict[str, float]:
     """What vLLM's log says the engine reserved (the last value of each line; none on a CPU for some)."""
     out = {}
@@ -104,6 +111,8 @@ class Engine:
         response["kv_cache"] = sorted({" ".join(m.split()) for m in KV_SCALES.findall(text)})[:3]
         response["engine"] = {**{k: v for k, v in request["model_args"].items()
                                  if k in ("enforce_eager", "gpu_memory_utilization")}, **reserved(text)}
+        if str(request["model_args"].get("kv_cache_dtype", "")).startswith("fp8"):
+            response["engine"]["kv_cache_scales"] = kv_scales_used(text)
         return response
 
     def text(self) -> str:

@@ -99,8 +99,9 @@ def accuracy_row(ctx: GateContext, t: Threshold, outcome: Outcome[Paired], extra
                           items=GateItems(ids=ids, quantized=v.q, base=v.b,
                                           answers=answers(ids, quantized=v.quantized, base=v.base)),
                           **extra.details)
+    scales = (v.quantized.engine or {}).get("kv_cache_scales")
     message = "; ".join([f"{head}; {summary(outcome.verdict, outcome.n, outcome.looks)}{outcome.hint}",
-                         *extra.messages, *ctx.notes])
+                         *extra.messages, *ctx.notes, *([f"FP8 KV cache with {scales}"] if scales else [])])
     return decided(ctx, overall([outcome.verdict.verdict, *extra.verdicts]), outcome.verdict, details,
                    message=message, threshold=t.describe() + f", alpha={ctx.alpha:g}", quantized=q, base=base,
                    recovery=recovery, n=outcome.n, looks=outcome.looks, backend=v.quantized.backend,

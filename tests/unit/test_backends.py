@@ -135,3 +135,12 @@ def test_engine_reservation_is_read_from_vllms_log() -> None:
     assert reserved(log) == {"weights_gib": 0.2637, "kv_cache_gib": 1.21, "kv_cache_tokens": 56496.0,
                              "engine_init_seconds": 3.41}
     assert reserved("nothing") == {}
+
+
+def test_which_kv_cache_scales_vllm_used_is_read_from_its_log() -> None:
+    from pytest_quant.evaluate.engine import kv_scales_used
+
+    ignored = ("WARNING 12-06 [kv_cache.py:163] Using KV cache scaling factor 1.0 for fp8_e4m3. If this is unintended, "
+               "verify that k/v_scale scaling factors are properly set in the checkpoint.")
+    assert kv_scales_used(ignored).startswith("1.0: vLLM found no calibrated")
+    assert kv_scales_used("INFO loading weights\n") == "the checkpoint's calibrated k/v scales"
