@@ -33,6 +33,35 @@ def public(url: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
+class Transfer:
+    """Bytes moved by one fetch or publish, logged every 15 s (fsspec calls ``relative_update`` per chunk)."""
+
+    def __init__(self, what: str, total: int, log: Callable[[str], None]) -> None:
+        self.what, self.total, self.log, self.done = what, total, log, 0
+        self.start = self.told = time.perf_counter()
+
+    def callback(self) -> Any:
+        from fsspec.callbacks import Callback
+
+        transfer = self
+
+        class Progress(Callback):
+            def relative_update(self, inc: int = 1) -> None:
+                transfer.add(inc)
+
+        return Progress()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if time.perf_counter() - self.told >= EVERY:
+            self.told = time.perf_counter()
+            self.log(f"{self.what}: {self.done / 2**20:.0f} of {self.total / 2**20:.0f} MiB "
+                     f"({self.done / 2**20 / (self.told - self.start):.0f} MiB/s)")
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
 def _why(e: BaseException) -> str:
     """One line for an error of the storage client, without its request details."""
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -98,21 +127,16 @@ class SharedTier:
             return None
         files: dict[str, str] = manifest["files"]
         src = f"{self._dir(kind, key)}/{manifest['shared']}"
-        sizes = {rel: self.fs.size(f"{src}/{rel}") or 0 for rel in files}
-        total, done, told, start = sum(sizes.values()), 0, time.perf_counter(), time.perf_counter()
+        total = sum(self.fs.size(f"{src}/{rel}") or 0 for rel in files)
+        transfer = Transfer(f"fetching {label} from {self.url}", total, self.log)
         for rel, sha in files.items():
             target = into / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get_file(f"{src}/{rel}", str(target))
+            self.fs.get_file(f"{src}/{rel}", str(target), callback=transfer.callback())
             if file_digest(target) != sha:
                 raise SharedCorrupt(f"shared entry {self.url}/{kind}/{key}: {rel} does not match its SHA-256 in "
                                     "the manifest")
-            done += sizes[rel]
-            if time.perf_counter() - told >= EVERY:
-                told = time.perf_counter()
-                self.log(f"fetching {label} from {self.url}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB "
-                         f"({done / 2**20 / (told - start):.0f} MiB/s)")
-        self.log(f"fetched {label} from {self.url} ({total / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s)")
+        self.log(f"fetched {label} from {self.url} ({total / 2**20:.1f} MiB in {transfer.seconds():.1f} s)")
         return manifest
 
     def publish(self, kind: str, key: str, path: Path, manifest: dict[str, Any], label: str) -> bool:
@@ -121,10 +145,11 @@ class SharedTier:
         if not self.writable or self.manifest(kind, key) is not None:
             return False
         folder = f"{self._dir(kind, key)}/{manifest['build_id']}"
-        start = time.perf_counter()
+        transfer = Transfer(f"publishing {label} to {self.url}",
+                            sum((path / rel).stat().st_size for rel in manifest["files"]), self.log)
         try:
             for rel in manifest["files"]:
-                self.fs.put_file(str(path / rel), f"{folder}/{rel}")
+                self.fs.put_file(str(path / rel), f"{folder}/{rel}", callback=transfer.callback())
             body = json.dumps({**manifest, "shared": manifest["build_id"]}, indent=2, default=str).encode()
             self.fs.pipe_file(f"{self._dir(kind, key)}/{MANIFEST}", body, mode="create")
         except FileExistsError:
@@ -136,7 +161,7 @@ class SharedTier:
             self.log(f"WARNING: cannot write to the shared store {self.url} ({_why(e)}): entries are fetched from "
                      "it but this session publishes none")
             return False
-        self.log(f"published {label} to {self.url} in {time.perf_counter() - start:.1f} s")
+        self.log(f"published {label} to {self.url} ({transfer.total / 2**20:.1f} MiB in {transfer.seconds():.1f} s)")
         return True
 
     def _remove(self, folder: str) -> None:

@@ -196,3 +196,27 @@ def test_a_shared_store_that_cannot_be_read_is_exit_4_in_one_line_without_the_se
     assert {"bad credentials": "access refused", "unreachable endpoint": "cannot reach it",
             "no such bucket": "does not exist"}[case] in lines[0]
     assert env["AWS_SECRET_ACCESS_KEY"] not in p.stdout + p.stderr
+
+
+def test_long_copies_report_progress(s3: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress lines while a file moves (fsspec's per-chunk callback), here every chunk."""
+    import s3fs
+
+    from pytest_quant.infra import shared
+    from pytest_quant.infra.store import Store
+
+    for k, v in s3["env"].items():
+        monkeypatch.setenv(k, v)
+    s3fs.S3FileSystem.clear_instance_cache()
+    monkeypatch.setattr(shared, "EVERY", 0.0)
+    lines: list[str] = []
+    tier = shared.SharedTier(f"s3://{BUCKET}/progress", lines.append)
+
+    def create(out: Path) -> dict:
+        (out / "big.bin").write_bytes(os.urandom(12 << 20))
+        return {}
+
+    Store(tmp_path / "a", log=lines.append, shared=tier).get_or_create("checkpoints", {"m": 1}, create, label="big")
+    Store(tmp_path / "b", log=lines.append, shared=tier).get_or_create("checkpoints", {"m": 1}, create, label="big")
+    assert any(line.startswith("publishing big to s3://") and " of 12 MiB" in line for line in lines), lines
+    assert any(line.startswith("fetching checkpoints/") and " of 12 MiB" in line for line in lines), lines
