@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import re
 import stat
 import sys
@@ -336,3 +337,28 @@ def test_a_third_backend_is_one_class_in_the_entry_point_group(tmp_path: Path, m
     assert again.cached and len(echo_backend.ASKED) == 1
     with pytest.raises(QuantUsageError, match="unknown evaluation backend 'sglang': use one of vllm, hf, echo"):
         evaluate(model_dir(tmp_path), {EvalRun("quant_facts"): [0]}, store, backend="sglang")
+
+
+def test_on_a_gpu_the_next_model_loads_in_a_spare_runner_that_imported_vllm_meanwhile(tmp_path: Path) -> None:
+    """A spare runner is started beside each new GPU engine and the next model loads in it; closing the engines
+    (before in-process GPU work) keeps the spare, which holds no GPU memory; on a CPU no spare is started."""
+    from pytest_quant.evaluate.engine import ENGINES
+
+    python, env = fake_vllm(tmp_path, "ok"), dict(os.environ)
+
+    def ask(model: str, device: str) -> None:
+        request = {"model_args": {"pretrained": model, "gpu_memory_utilization": 0.05},
+                   "runs": [{"id": "r", "samples": [1]}]}
+        ENGINES.ask(python, request, device, env, 60, lambda _: None, "vllm")
+
+    ask("a", "cuda")
+    spare = ENGINES.spare
+    assert spare is not None and spare.proc.poll() is None
+    ask("b", "cuda")
+    assert spare in ENGINES.engines.values() and ENGINES.spare is not spare
+    ENGINES.close()
+    assert not ENGINES.engines and ENGINES.spare is not None
+    ENGINES.shutdown()
+    assert ENGINES.spare is None
+    ask("c", "cpu")
+    assert ENGINES.spare is None
