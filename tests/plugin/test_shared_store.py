@@ -220,3 +220,24 @@ def test_long_copies_report_progress(s3: dict, tmp_path: Path, monkeypatch: pyte
     Store(tmp_path / "b", log=lines.append, shared=tier).get_or_create("checkpoints", {"m": 1}, create, label="big")
     assert any(line.startswith("publishing big to s3://") and " of 12 MiB" in line for line in lines), lines
     assert any(line.startswith("fetching checkpoints/") and " of 12 MiB" in line for line in lines), lines
+
+
+def test_a_mounted_path_is_a_shared_store_through_the_same_code(tmp_path: Path) -> None:
+    """A directory (an NFS mount, say) as the shared tier: the manifest's exclusive create is O_EXCL there."""
+    from pytest_quant.infra.shared import SharedTier
+    from pytest_quant.infra.store import Store
+
+    lines: list[str] = []
+    built: list[str] = []
+
+    def create(out: Path) -> dict:
+        built.append(out.name)
+        (out / "w.bin").write_bytes(os.urandom(1024))
+        return {}
+
+    stores = [Store(tmp_path / name, log=lines.append, shared=SharedTier(str(tmp_path / "mount"), lines.append))
+              for name in ("a", "b")]
+    first = stores[0].get_or_create("checkpoints", {"m": 1}, create, label="ck")
+    second = stores[1].get_or_create("checkpoints", {"m": 1}, create, label="ck")
+    assert len(built) == 1 and second.cached and second.manifest["build_id"] == first.manifest["build_id"]
+    assert (tmp_path / "mount" / "checkpoints" / first.path.name / "manifest.json").is_file()
