@@ -82,7 +82,7 @@ class SharedTier:
                                   "az:// adlfs)") from None
         self.root = self.root.rstrip("/")
         self.writable = True
-        local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.local = local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         if local:
             self.fs.makedirs(self.root, exist_ok=True)  # a mounted path
         try:
@@ -149,6 +149,8 @@ class SharedTier:
                             sum((path / rel).stat().st_size for rel in manifest["files"]), self.log)
         try:
             for rel in manifest["files"]:
+                if self.local:  # object stores have no folders to make
+                    self.fs.makedirs(f"{folder}/{rel}".rsplit("/", 1)[0], exist_ok=True)
                 self.fs.put_file(str(path / rel), f"{folder}/{rel}", callback=transfer.callback())
             body = json.dumps({**manifest, "shared": manifest["build_id"]}, indent=2, default=str).encode()
             self.fs.pipe_file(f"{self._dir(kind, key)}/{MANIFEST}", body, mode="create")
