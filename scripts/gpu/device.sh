@@ -58,9 +58,9 @@ export PYTHONPATH=/tmp/site:$PWD QUANT_CACHE_DIR=/tmp/quant-cache QUANT_VLLM_PYT
 nvidia-smi --query-gpu=index,name,compute_cap,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, transformers, llmcompressor; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__)" | tee -a "$OUT/device.txt"
 # Peak GPU memory, sampled every 0.5 s for the whole phase (per GPU, MiB).
-nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > /tmp/gpu-mem.csv &
+nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "/tmp/gpu-mem-$phase.csv" &
 sampler=$!
-trap 'kill $sampler 2>/dev/null; python3 scripts/gpu/peak_memory.py /tmp/gpu-mem.csv | tee "$OUT/peak-memory-$phase.txt"' EXIT
+trap 'kill $sampler 2>/dev/null; python3 scripts/gpu/peak_memory.py "/tmp/gpu-mem-$phase.csv" | tee "$OUT/peak-memory-$phase.txt"' EXIT
 PYTEST=(python3 -m pytest -p pytest_quant.plugin -p no:cacheprovider -q -o log_cli=true --log-cli-level=INFO
         --log-cli-format "%(asctime)s %(message)s" --log-cli-date-format "%H:%M:%S")
 case "$phase" in
@@ -92,6 +92,10 @@ case "$phase" in
     for cc in "" 75 100; do
       python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('${cc:-here}', {k: v.get('kernel') or v.get('error','')[:100] for k,v in d.items()})" "$OUT/vllm-support${cc:+-cc$cc}.json"
     done
+    ;;
+  issue33)   # issue 33 in one call: the suite from an empty store (time, peak memory), then the engine bench at 135M
+    bash scripts/gpu/device.sh suite     # each phase samples its own peak (peak-memory-suite.txt, -bench.txt)
+    bash scripts/gpu/device.sh bench smollm2-135m 0 "${2:-before,eager,compiled,compiled2}" "${3:-300}"
     ;;
   bench)     # issue 33: engine start and memory (scripts/gpu/engine_bench.py): bench ARCH ITEMS [CONFIGS [S]]
     timeout "${5:-500}" python3 scripts/gpu/engine_bench.py --arch "${2:-smollm2-135m}" --items "${3:-0}" \
