@@ -33,6 +33,17 @@ def log_info(message: str) -> None:
     log.info(message, stacklevel=2)
 
 
+def _install(tmp: Path, final: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest`` last into the finished folder ``tmp`` and rename it to ``final`` (an old one moved aside)."""
+    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
+    if final.exists():
+        trash = final.with_name(f".tmp-{final.name}-old-{uuid.uuid4().hex[:8]}")
+        os.rename(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(tmp, final)
+    return final
+
+
 @dataclass
 class Entry:
     path: Path
@@ -122,13 +133,7 @@ class Store:
             if manifest is None:
                 return None
             manifest.pop("shared")
-            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
-            final = kind_dir / key
-            if final.exists():
-                trash = kind_dir / f".tmp-{key}-old-{uuid.uuid4().hex[:8]}"
-                os.rename(final, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.rename(tmp, final)
+            final = _install(tmp, kind_dir / key, manifest)
         except SharedCorrupt as e:
             self.log(f"{e}: it is not used; computed here instead")
             return None
@@ -181,12 +186,7 @@ class Store:
                 "build_id": uuid.uuid4().hex,
                 "files": tree_files(tmp),
             }
-            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
-            if final.exists():
-                trash = kind_dir / f".tmp-{key}-old-{uuid.uuid4().hex[:8]}"
-                os.rename(final, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.rename(tmp, final)
+            _install(tmp, final, manifest)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if e.errno == errno.ENOSPC:

@@ -74,19 +74,16 @@ def main(argv: list[str]) -> int:
         except QuantUsageError as e:
             print(str(e).replace("--quant-shared-store ", ""), file=sys.stderr)
             return 4
-        whole, found = shared_problems(tier)
-        for line in found:
-            print(line)
-        print(f"{tier.url}: {whole} whole entries, {len(found)} corrupt or half-written")
-        return 1 if found else 0
-    root = Path(argv[0])
-    if not root.is_dir():
-        print(f"{root} is not a directory: pass a pytest-quant store (--quant-cache-dir)", file=sys.stderr)
-        return 4
-    whole, found = problems(root)
+        name, (whole, found) = tier.url, shared_problems(tier)
+    else:
+        root = Path(argv[0])
+        if not root.is_dir():
+            print(f"{root} is not a directory: pass a pytest-quant store (--quant-cache-dir)", file=sys.stderr)
+            return 4
+        name, (whole, found) = str(root), problems(root)
     for line in found:
         print(line)
-    print(f"{root}: {whole} whole entries, {len(found)} corrupt or half-written")
+    print(f"{name}: {whole} whole entries, {len(found)} corrupt or half-written")
     return 1 if found else 0
 
 
