@@ -17,7 +17,7 @@ from pytest_quant.infra.machine import describe, signature
 from pytest_quant.plugin import activation, xdist_compat
 from pytest_quant.plugin.report import passed, table, write_report, write_summary
 from pytest_quant.plugin.rows import conclude, mark_quant_item
-from pytest_quant.plugin.stash import BASELINE, COLLECTOR, PLANS, REFUSED, SESSION, SPECS
+from pytest_quant.plugin.stash import BASELINE, COLLECTOR, MARKED_REFUSALS, PLANS, REFUSED, SESSION, SPECS
 from pytest_quant.plugin.summary import flip_lines
 from pytest_quant.session import gate_runs
 from pytest_quant.session.markers import MARKERS, parse_markers
@@ -62,7 +62,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not names & (CASE_FIXTURES | MODEL_FIXTURES) or (session := activation.started(metafunc.config)) is None:
         return
     if names & CASE_FIXTURES:
-        cases = session.cases()
+        marked = [m.args[0] if m.args else m.kwargs.get("path") for m in metafunc.definition.iter_markers("quant_recipe")]
+        try:
+            cases = [c for path in marked for c in session.recipe_cases(metafunc.definition.path.parent / str(path))] \
+                if marked else session.cases()
+        except QuantError as e:  # refused when the items are collected (exit 4), with the test's name
+            metafunc.definition.config.stash.setdefault(MARKED_REFUSALS, {})[metafunc.definition.nodeid] = str(e)
+            cases = []
         metafunc.parametrize("quant_case", cases, ids=[c.id for c in cases], indirect=True, scope="session")
     else:
         models = session.settings.get("model")
@@ -72,7 +78,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _case(item: pytest.Item) -> Case | None:
     callspec = getattr(item, "callspec", None)
-    return callspec.params.get("quant_case") if callspec else None
+    case = callspec.params.get("quant_case") if callspec else None
+    return case if isinstance(case, Case) else None  # an empty parameter set (a refused quant_recipe) gives NOTSET
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -92,6 +99,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         qs = activation.activate(config)  # a refusal remembered from collection is raised again here
     except QuantError as e:
         activation.refuse(config, str(e), row=False)  # the report already holds the refusal
+    for nodeid, reason in config.stash.get(MARKED_REFUSALS, {}).items():
+        activation.refuse(config, f"{nodeid}: {reason}")
     for item in items:
         case = _case(item)
         try:

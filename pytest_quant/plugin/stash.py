@@ -11,6 +11,7 @@ from pytest_quant.session.session import QuantSession
 SESSION = pytest.StashKey[QuantSession]()
 BASELINE = pytest.StashKey["Baseline | None"]()
 COLLECTOR = pytest.StashKey[RowCollector]()
+MARKED_REFUSALS = pytest.StashKey[dict]()  # test node id -> why its quant_recipe marker is refused (exit 4)
 SPECS = pytest.StashKey[dict]()  # an item's parsed markers, from collection to its run
 PLANS = pytest.StashKey[dict]()  # an item's gate plans (gate_runs.GatePlan), from collection finish to its run
 

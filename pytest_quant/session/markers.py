@@ -6,6 +6,8 @@ collection (metric names against the task included).
 - ``quant_bos(task, metric, max_delta=, max_extra_loss=, alpha=, limit=, max_items=, item_seed=,
   num_fewshot=, apply_chat_template=False)``
 - ``quant_requires(scheme=, min_capability=, max_capability=, backend=, gpus=, gpu_memory_gib=)``
+- ``quant_recipe(path)``: the test's checkpoint is built with this llm-compressor recipe file (relative to the test's
+  file) instead of the session's schemes
 
 ``alpha``, ``limit``, ``max_items``, ``item_seed`` and ``num_fewshot`` are options too: a value given on the
 command line, in the environment or in the ini file wins over the marker's (docs/REFERENCE.md), and a marker's value
@@ -34,6 +36,8 @@ MARKERS = {
                  "with and without BOS",
     "quant_requires": "quant_requires(scheme=, min_capability=, max_capability=, backend=, gpus=, gpu_memory_gib=): "
                       "skip unless the device and backend can run it",
+    "quant_recipe": "quant_recipe(path): gate the checkpoint built with this llm-compressor recipe file (relative to "
+                    "the test's file) instead of the session's schemes",
 }
 OPTION_ARGS = ("alpha", "limit", "max_items", "item_seed", "num_fewshot")  # marker values of session options
 Name = Annotated[str, Field(min_length=1)]
@@ -170,8 +174,15 @@ class RequiresSpec(MarkerArgs):
         return v
 
 
+class RecipeSpec(MarkerArgs):
+    """A recipe file for the test's checkpoint (read and checked by llm-compressor when the test is collected)."""
+
+    positional: ClassVar[tuple[str, ...]] = ("path",)
+    path: Name
+
+
 SPECS: dict[str, type[MarkerArgs]] = {"quant_accuracy": AccuracySpec, "quant_bos": BosSpec,
-                                      "quant_requires": RequiresSpec}
+                                      "quant_requires": RequiresSpec, "quant_recipe": RecipeSpec}
 
 
 def parse_markers(item: Any) -> dict[str, list[Any]]:

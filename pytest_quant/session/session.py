@@ -97,6 +97,7 @@ class QuantSession(SchemeSupport):
         self._supported: dict[str, Backend] = {}
         self._choices: dict[str | None, tuple[str, str | None]] = {}
         self._recipes: dict[Path, str] = {}
+        self._marked_recipes: dict[str, str] = {}  # scheme name (recipe:<stem>) -> a quant_recipe marker's file
         self._checkpoints: dict[Any, Checkpoint] = {}
         self._bases: dict[str, tuple[Path, Any]] = {}
         self._checked: set[Case] = set()
@@ -182,10 +183,19 @@ class QuantSession(SchemeSupport):
             self._recipes[file] = text
         return f"recipe:{file.stem}", self._recipes[file]
 
+    def recipe_cases(self, path: Path) -> list[Case]:
+        """The cases of a test marked ``quant_recipe(path)``: each model with the recipe file's checkpoint."""
+        name, _ = self.recipe_file(str(path))
+        other = self._marked_recipes.setdefault(name, str(path))
+        if other != str(path):
+            raise QuantUsageError(f"quant_recipe: {path} and {other} would both be {name!r}: give recipe files "
+                                  "different names")
+        return [Case(m, name) for m in self.settings.get("model")]
+
     def recipe(self, scheme: str, overrides: dict[str, Any] | None = None) -> RecipeSpec:
         s, o = self.settings, overrides or {}
         if scheme.startswith("recipe:"):
-            name, text = self.recipe_file(o.get("recipe"))
+            name, text = self.recipe_file(o.get("recipe") or self._marked_recipes.get(scheme))
             return RecipeSpec(scheme=name, text=text)
         algorithm = s.get("algorithm", o)
         smoothing = "smoothquant" in (default_algorithm(scheme) if algorithm == "auto" else algorithm)

@@ -40,7 +40,7 @@ class FakeSession(QuantSession):
 
     def build(self, target: Any) -> Checkpoint:
         return Checkpoint(Path("/nonexistent/" + target.scheme), Path("/nonexistent"), resolve_model(target.model),
-                          RecipeSpec(target.scheme), {"key": "k-" + target.scheme, "seconds": 1.5}, True,
+                          self.recipe(target.scheme), {"key": "k-" + target.scheme, "seconds": 1.5}, True,
                           target.scheme)
 
     def check_build(self, case: Any) -> None:  # the real one loads the model's shapes

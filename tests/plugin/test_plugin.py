@@ -534,3 +534,45 @@ def test_an_algorithm_this_machine_cannot_run_is_skipped_before_any_build(fake: 
     r.assert_outcomes(skipped=2)
     r.stdout.fnmatch_lines(["*W4A16+awq: llm-compressor 0.14's AWQ needs an accelerator*"])
     run(fake, "--quant-scheme", "W4A16", "--quant-algorithm", "gptq", "--quant-device", "cpu").assert_outcomes(passed=2)
+
+
+RECIPE = (Path(__file__).parents[2] / "fixtures" / "recipes" / "fp8_dynamic.yaml").read_text()
+
+
+def test_a_quant_recipe_marker_builds_the_tests_checkpoint_from_its_file(fake: pytest.Pytester) -> None:
+    """The marker form of --quant-recipe: the file beside the test names the test's checkpoint (recipe:<stem>), its
+    text is the recipe built; other tests keep the session's schemes."""
+    fake.mkdir("recipes")
+    (fake.path / "recipes" / "fp8_mine.yaml").write_text(RECIPE)
+    fake.makepyfile(test_r="""
+        import pytest
+        @pytest.mark.quant_recipe("recipes/fp8_mine.yaml")
+        def test_marked(quantized_checkpoint, quant_case, quant_session):
+            assert quant_case.scheme == "recipe:fp8_mine"
+            assert "scheme: FP8_DYNAMIC" in quant_session.recipe(quant_case.scheme).text
+        def test_plain(quantized_checkpoint, quant_case):
+            assert not quant_case.scheme.startswith("recipe:")
+    """)
+    r = run(fake, "-v")
+    out = r.stdout.str()
+    assert r.ret == 0, out
+    assert "test_marked[smollm2-135m-instruct-recipe:fp8_mine] PASSED" in out
+    assert "test_plain[smollm2-135m-instruct-W4A16] PASSED" in out
+
+
+@pytest.mark.parametrize("path, message", [
+    ("missing.yaml", "recipe file"),
+    ("bad.yaml", "no modifier of type 'nosuchmodifier' found"),
+])
+def test_a_bad_quant_recipe_marker_is_exit_4_naming_the_test(fake: pytest.Pytester, path: str, message: str) -> None:
+    (fake.path / "bad.yaml").write_text("quant_stage:\n  quant_modifiers:\n    NoSuchModifier:\n      targets: [Linear]\n")
+    fake.makepyfile(test_r=f"""
+        import pytest
+        @pytest.mark.quant_recipe("{path}")
+        def test_marked(quantized_checkpoint):
+            pass
+    """)
+    r = run(fake)
+    err = r.stderr.str()
+    assert r.ret == pytest.ExitCode.USAGE_ERROR, r.stdout.str() + err
+    assert "test_r.py::test_marked" in err and message in err.lower() and "Traceback" not in err
