@@ -29,7 +29,9 @@ from pytest_quant.infra.files import digest
 RUNNER = Path(lm_runner.__file__).resolve()
 KERNEL = re.compile(r"\b(\w+(?:LinearKernel|ScaledMMLinearKernel))\b")
 # What vLLM says of an FP8 KV cache's scales: the checkpoint's (k_scale/v_scale loaded) or 1.0 when it has none
-KV_SCALES = re.compile(r"[^\n]*(?:(?:KV|kv)[ _-]?cache[^\n]*scal|k_scale|scaling factor)[^\n]*")
+# (vLLM's own lines: "Using KV cache scaling factor 1.0 ...", "... k/v_scale ..."; not its engine-config dump, which
+# names kv_cache_dtype and scales in one 3000-character line: seen on an H100, 2026-12-06)
+KV_SCALES = re.compile(r"^(?=.*(?:KV cache scaling factor|k/v_scale|\bk_scale\b|\bkv_scale\b)).{0,400}$", re.M)
 # What a GPU engine reserved and how long its start took, from vLLM's own log lines (GiB, tokens, seconds)
 RESERVED = {"weights_gib": re.compile(r"Model loading took ([\d.]+) ?GiB"),
             "kv_cache_gib": re.compile(r"Available KV cache memory: ([\d.]+) ?GiB"),

@@ -144,3 +144,13 @@ def test_which_kv_cache_scales_vllm_used_is_read_from_its_log() -> None:
                "verify that k/v_scale scaling factors are properly set in the checkpoint.")
     assert kv_scales_used(ignored).startswith("1.0: vLLM found no calibrated")
     assert kv_scales_used("INFO loading weights\n") == "the checkpoint's calibrated k/v scales"
+
+
+def test_only_vllms_kv_scale_lines_are_quoted_not_its_config_dump() -> None:
+    """On an H100 the engine's 3000-character config line (kv_cache_dtype ... scale ...) was quoted as what vLLM said
+    of the KV cache."""
+    from pytest_quant.evaluate.engine import KV_SCALES
+
+    config = "INFO Initializing a V1 LLM engine with config: kv_cache_dtype=auto, " + "x=1, " * 700 + "scale_dtype=None"
+    warning = "WARNING Using KV cache scaling factor 1.0 for fp8_e4m3. If this is unintended, verify k/v_scale."
+    assert KV_SCALES.findall(f"{config}\n{warning}\n") == [warning]
