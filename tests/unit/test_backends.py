@@ -154,3 +154,13 @@ def test_only_vllms_kv_scale_lines_are_quoted_not_its_config_dump() -> None:
     config = "INFO Initializing a V1 LLM engine with config: kv_cache_dtype=auto, " + "x=1, " * 700 + "scale_dtype=None"
     warning = "WARNING Using KV cache scaling factor 1.0 for fp8_e4m3. If this is unintended, verify k/v_scale."
     assert KV_SCALES.findall(f"{config}\n{warning}\n") == [warning]
+
+
+def test_a_compiled_engine_keeps_vllms_compile_cache_in_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_quant.evaluate.backends.vllm import VllmBackend
+
+    monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
+    compiled = VllmBackend(engine_mode="compiled", compile_cache="/store/vllm-compile-cache")
+    assert compiled.env("cuda", {})["VLLM_CACHE_ROOT"] == "/store/vllm-compile-cache"
+    assert "VLLM_CACHE_ROOT" not in VllmBackend(compile_cache="/store/vllm-compile-cache").env("cuda", {})
+    assert compiled.env("cuda", {"VLLM_CACHE_ROOT": "/mine"})["VLLM_CACHE_ROOT"] == "/mine"  # a config's env wins
