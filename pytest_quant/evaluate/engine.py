@@ -39,6 +39,14 @@ RESERVED = {"weights_gib": re.compile(r"Model loading took ([\d.]+) ?GiB"),
             "engine_init_seconds": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)")}
 
 
+def memory_hint(cause: str, model_args: dict[str, Any]) -> str:
+    """What the engine asked for, when vLLM's root cause is about memory (vLLM's own line says what was free)."""
+    share = model_args.get("gpu_memory_utilization")
+    if share is None or not re.search(r"memory|out of memory|KV cache", cause, re.I):
+        return ""
+    return f" (this engine asked for gpu_memory_utilization={share:g}; on a GPU --quant-gpu-memory sets it)"
+
+
 def kv_scales_used(text: str) -> str:
     """Which k/v scales vLLM's FP8 KV cache used: 1.0 is what it logs when the checkpoint gave none."""
     if "KV cache scaling factor 1.0" in text:
@@ -99,8 +107,9 @@ class Engine:
             if self.proc.poll() is not None:
                 text = self.text()
                 self.close()
-                how = ended(self.proc.returncode, self.config, self.free_at_start)
-                raise EvaluationFailed(f"vLLM evaluation {how}: {root_cause(text)}\nlast output:\n{text[-2000:]}")
+                how, cause = ended(self.proc.returncode, self.config, self.free_at_start), root_cause(text)
+                raise EvaluationFailed(f"vLLM evaluation {how}: {cause}{memory_hint(cause, request['model_args'])}"
+                                       f"\nlast output:\n{text[-2000:]}")
             if time.perf_counter() - start > timeout:
                 text = self.text()
                 self.close()

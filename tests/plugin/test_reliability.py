@@ -47,6 +47,11 @@ for line in sys.stdin:
         import signal
         print("Processed prompts:   0%|          | 0/4", flush=True)
         os.kill(os.getpid(), getattr(signal, mode))
+    if mode == "oom":  # vLLM 0.26's line when another process holds the GPU's memory
+        print("ValueError: Free memory on device cuda:0 (2.1/79.2 GiB) on startup is less than desired GPU memory "
+              "utilization (0.4, 31.7 GiB). Decrease GPU memory utilization or reduce GPU memory used by other "
+              "processes.", flush=True)
+        sys.exit(1)
     if mode == "crash":
         print("Traceback (most recent call last):", flush=True)
         print("RuntimeError: engine core died", flush=True)
@@ -362,3 +367,11 @@ def test_on_a_gpu_the_next_model_loads_in_a_spare_runner_that_imported_vllm_mean
     assert ENGINES.spare is None
     ask("c", "cpu")
     assert ENGINES.spare is None
+
+
+def test_an_engine_refused_memory_says_what_it_asked_for_and_what_was_free(tmp_path: Path) -> None:
+    with pytest.raises(EvaluationFailed) as e:
+        run_eval(tmp_path, fake_vllm(tmp_path, "oom"))
+    first = str(e.value).splitlines()[0]
+    assert "Free memory on device cuda:0 (2.1/79.2 GiB) on startup is less than desired" in first
+    assert first.endswith("(this engine asked for gpu_memory_utilization=0.5; on a GPU --quant-gpu-memory sets it)")
