@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pytest_quant.infra.errors import QuantError, QuantUsageError
-from pytest_quant.infra.files import file_digest
+from pytest_quant.infra.files import MANIFEST, file_digest
 from pytest_quant.infra.progress import EVERY
-
-MANIFEST = "manifest.json"
 
 
 class SharedCorrupt(QuantError):
@@ -62,7 +60,7 @@ class Transfer:
         return time.perf_counter() - self.start
 
 
-def _why(e: BaseException) -> str:
+def client_error(e: BaseException) -> str:
     """One line for an error of the storage client, without its request details."""
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     return f"{type(e).__name__}: {text[:200]}"
@@ -78,7 +76,7 @@ class SharedTier:
         try:
             self.fs, self.root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as e:
-            raise QuantUsageError(f"--quant-shared-store {self.url}: {_why(e)} (s3:// needs s3fs, gs:// gcsfs, "
+            raise QuantUsageError(f"--quant-shared-store {self.url}: {client_error(e)} (s3:// needs s3fs, gs:// gcsfs, "
                                   "az:// adlfs)") from None
         self.root = self.root.rstrip("/")
         self.writable = True
@@ -91,11 +89,11 @@ class SharedTier:
             raise QuantUsageError(f"--quant-shared-store {self.url}: the bucket or container does not exist; "
                                   "create it or fix the URL") from None
         except PermissionError as e:
-            raise QuantUsageError(f"--quant-shared-store {self.url}: access refused ({_why(e)}); check the "
+            raise QuantUsageError(f"--quant-shared-store {self.url}: access refused ({client_error(e)}); check the "
                                   "credentials the storage client reads (for s3://: AWS_ACCESS_KEY_ID, "
                                   "AWS_SECRET_ACCESS_KEY, AWS_PROFILE)") from None
         except Exception as e:  # noqa: BLE001  (endpoint unreachable, DNS, TLS: the client's own exception types)
-            raise QuantUsageError(f"--quant-shared-store {self.url}: cannot reach it ({_why(e)}); check the "
+            raise QuantUsageError(f"--quant-shared-store {self.url}: cannot reach it ({client_error(e)}); check the "
                                   "endpoint (AWS_ENDPOINT_URL for S3-compatible servers) and the network") from None
 
     def _dir(self, kind: str, key: str) -> str:
@@ -160,7 +158,7 @@ class SharedTier:
         except PermissionError as e:
             self.writable = False
             self._remove(folder)
-            self.log(f"WARNING: cannot write to the shared store {self.url} ({_why(e)}): entries are fetched from "
+            self.log(f"WARNING: cannot write to the shared store {self.url} ({client_error(e)}): entries are fetched from "
                      "it but this session publishes none")
             return False
         self.log(f"published {label} to {self.url} ({transfer.total / 2**20:.1f} MiB in {transfer.seconds():.1f} s)")

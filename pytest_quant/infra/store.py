@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 
 from pytest_quant.infra.errors import QuantEnvironmentError
 from pytest_quant.infra.files import MANIFEST, REMEMBERED, atomic_write_text, digest, file_digest, tree_files
-from pytest_quant.infra.shared import SharedCorrupt, SharedTier, _why
+from pytest_quant.infra.shared import SharedCorrupt, SharedTier, client_error
 
 log = logging.getLogger("pytest_quant")
 
@@ -138,7 +138,7 @@ class Store:
             self.log(f"{e}: it is not used; computed here instead")
             return None
         except OSError as e:
-            self.log(f"could not fetch {kind}/{key} from {self.shared.url} ({_why(e)}); computed here instead")
+            self.log(f"could not fetch {kind}/{key} from {self.shared.url} ({client_error(e)}); computed here instead")
             return None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
