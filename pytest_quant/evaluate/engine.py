@@ -42,7 +42,7 @@ RESERVED = {"weights_gib": re.compile(r"Model loading took ([\d.]+) ?GiB"),
 def memory_hint(cause: str, model_args: dict[str, Any]) -> str:
     """What the engine asked for, when vLLM's root cause is about memory (vLLM's own line says what was free)."""
     share = model_args.get("gpu_memory_utilization")
-    if share is None or not re.search(r"memory|out of memory|KV cache", cause, re.I):
+    if share is None or not re.search(r"memory|KV cache", cause, re.I):
         return ""
     return f" (this engine asked for gpu_memory_utilization={share:g}; on a GPU --quant-gpu-memory sets it)"
 

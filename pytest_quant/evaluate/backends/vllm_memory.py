@@ -5,7 +5,7 @@ second engine: a gate's base and quantized engines, or two pytest-xdist workers,
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 GIB = 2**30
@@ -30,14 +30,6 @@ class MemoryPlan:
     overhead_gib: float
     total_gib: float
     share: float
-
-    def describe(self) -> str:
-        return (f"asks {self.share * self.total_gib:.1f} GiB of {self.total_gib:.0f} (gpu_memory_utilization "
-                f"{self.share:g}): weights {self.weights_gib:.2f}, KV cache {self.kv_gib:.2f} ({self.kv_tokens} "
-                f"tokens), activations and CUDA context {self.overhead_gib:.1f}")
-
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
 
 
 def weights_bytes(path: Path) -> int:
