@@ -21,6 +21,7 @@ from pytest_quant.plugin.stash import BASELINE, COLLECTOR, MARKED_REFUSALS, PLAN
 from pytest_quant.plugin.summary import flip_lines
 from pytest_quant.session import gate_runs
 from pytest_quant.session.markers import MARKERS, parse_markers
+from pytest_quant.session.markers import RecipeSpec as RecipeMarker
 from pytest_quant.session.session import Case, QuantSession
 from pytest_quant.session.settings import add_options, asked
 
@@ -62,9 +63,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not names & (CASE_FIXTURES | MODEL_FIXTURES) or (session := activation.started(metafunc.config)) is None:
         return
     if names & CASE_FIXTURES:
-        marked = [m.args[0] if m.args else m.kwargs.get("path") for m in metafunc.definition.iter_markers("quant_recipe")]
         try:
-            cases = [c for path in marked for c in session.recipe_cases(metafunc.definition.path.parent / str(path))] \
+            marked = [RecipeMarker.parse("quant_recipe", m.args, m.kwargs).path
+                      for m in metafunc.definition.iter_markers("quant_recipe")]
+            cases = [c for path in marked for c in session.recipe_cases(metafunc.definition.path.parent / path)] \
                 if marked else session.cases()
         except QuantError as e:  # refused when the items are collected (exit 4), with the test's name
             metafunc.definition.config.stash.setdefault(MARKED_REFUSALS, {})[metafunc.definition.nodeid] = str(e)

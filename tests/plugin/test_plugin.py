@@ -563,12 +563,15 @@ def test_a_quant_recipe_marker_builds_the_tests_checkpoint_from_its_file(fake: p
 @pytest.mark.parametrize("path, message", [
     ("missing.yaml", "recipe file"),
     ("bad.yaml", "no modifier of type 'nosuchmodifier' found"),
+    (None, "quant_recipe needs path=..."),
 ])
-def test_a_bad_quant_recipe_marker_is_exit_4_naming_the_test(fake: pytest.Pytester, path: str, message: str) -> None:
+def test_a_bad_quant_recipe_marker_is_exit_4_naming_the_test(fake: pytest.Pytester, path: str | None,
+                                                             message: str) -> None:
     (fake.path / "bad.yaml").write_text("quant_stage:\n  quant_modifiers:\n    NoSuchModifier:\n      targets: [Linear]\n")
+    marker = "quant_recipe" if path is None else f'quant_recipe("{path}")'
     fake.makepyfile(test_r=f"""
         import pytest
-        @pytest.mark.quant_recipe("{path}")
+        @pytest.mark.{marker}
         def test_marked(quantized_checkpoint):
             pass
     """)
