@@ -76,11 +76,12 @@ class SharedTier:
         try:
             self.fs, self.root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as e:
-            raise QuantUsageError(f"--quant-shared-store {self.url}: {client_error(e)} (s3:// needs s3fs, gs:// gcsfs, "
-                                  "az:// adlfs)") from None
+            raise QuantUsageError(f"--quant-shared-store {self.url}: {client_error(e)} (s3:// needs s3fs, gs:// "
+                                  "gcsfs, az:// adlfs)") from None
         self.root = self.root.rstrip("/")
         self.writable = True
-        self.local = local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.local = local = "file" in protocols
         if local:
             self.fs.makedirs(self.root, exist_ok=True)  # a mounted path
         try:
@@ -137,11 +138,14 @@ class SharedTier:
         self.log(f"fetched {label} from {self.url} ({total / 2**20:.1f} MiB in {transfer.seconds():.1f} s)")
         return manifest
 
-    def publish(self, kind: str, key: str, path: Path, manifest: dict[str, Any], label: str) -> bool:
+    def publish(self, kind: str, key: str, path: Path, manifest: dict[str, Any], label: str) -> dict[str, Any] | None:
         """Upload the local entry at ``path`` and then its manifest, unless ``kind/key`` is already published.
-        True when this call published it; False when another runner did first (or publishing is off)."""
-        if not self.writable or self.manifest(kind, key) is not None:
-            return False
+        The manifest another runner published first, or None (this call published it, or publishing is off)."""
+        if not self.writable:
+            return None
+        theirs = self.manifest(kind, key)
+        if theirs is not None:
+            return theirs
         folder = f"{self._dir(kind, key)}/{manifest['build_id']}"
         transfer = Transfer(f"publishing {label} to {self.url}",
                             sum((path / rel).stat().st_size for rel in manifest["files"]), self.log)
@@ -154,15 +158,15 @@ class SharedTier:
             self.fs.pipe_file(f"{self._dir(kind, key)}/{MANIFEST}", body, mode="create")
         except FileExistsError:
             self._remove(folder)  # another runner's manifest came first: it is the entry
-            return False
+            return self.manifest(kind, key)
         except PermissionError as e:
             self.writable = False
             self._remove(folder)
-            self.log(f"WARNING: cannot write to the shared store {self.url} ({client_error(e)}): entries are fetched from "
-                     "it but this session publishes none")
-            return False
+            self.log(f"WARNING: cannot write to the shared store {self.url} ({client_error(e)}): entries are "
+                     "fetched from it but this session publishes none")
+            return None
         self.log(f"published {label} to {self.url} ({transfer.total / 2**20:.1f} MiB in {transfer.seconds():.1f} s)")
-        return True
+        return None
 
     def _remove(self, folder: str) -> None:
         try:

@@ -198,13 +198,11 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._verified.add(final)
-        if self.shared is not None and not self.shared.publish(kind, key, final, manifest, label):
-            theirs = self.shared.manifest(kind, key)
-            if theirs is not None and theirs.get("build_id") != manifest["build_id"]:
-                adopted = self._from_shared(kind, key)  # another runner published first: every runner uses its entry
-                if adopted is not None:
-                    self.log(f"{label}: another runner published it first; using the published entry")
-                    return adopted
+        if self.shared is not None and self.shared.publish(kind, key, final, manifest, label) is not None:
+            adopted = self._from_shared(kind, key)  # another runner published first: every runner uses its entry
+            if adopted is not None:
+                self.log(f"{label}: another runner published it first; using the published entry")
+                return adopted
         return Entry(final, manifest, cached=False)
 
     def get_or_create(self, kind: str, material: Any, create: Callable[[Path], dict[str, Any]],
