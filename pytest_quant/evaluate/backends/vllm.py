@@ -76,7 +76,7 @@ def vllm_env(device: str, extra: dict[str, str], cpu_w4a8: bool = False) -> dict
     ``VLLM_CPU_INT4_W4A8=0``; pytest-quant sets it to 0 (``--quant-cpu-w4a8`` sets 1), so a gate measures the
     16-bit activations the checkpoint runs with on a GPU, whatever the CPU. On a CPU the engine core and its worker
     run in the runner process (two fewer interpreters importing torch and vLLM; the same answers, measured), on a
-    GPU too where one GPU evaluates. A config's ``env_vars`` win.
+    GPU too (a tensor-parallel engine's workers stay processes of their own). A config's ``env_vars`` win.
     """
     env = {**os.environ, "VLLM_CPU_INT4_W4A8": "1" if cpu_w4a8 else "0", **extra}
     env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in the runner: 19 s, not 51, on a CPU
