@@ -7,6 +7,7 @@
 #         bash scripts/gpu/device.sh compare      the accuracy gates with transformers on the same GPU, the engine
 #                                                 pool tests (tests/gpu/test_gpu_vllm.py), vLLM's kernel choice per
 #                                                 capability (7.5, 8.0, 9.0)
+#         bash scripts/gpu/device.sh guide [ARCH [S]] the guide pipeline as written vs pytest --quant-model (issue 33)
 #         bash scripts/gpu/device.sh multi [K [S]]  two GPUs: distributed build, tensor parallel (a random Llama-3.2-1B),
 #                                                 one GPU per worker (tests/gpu/test_multi_gpu_run.py, -k K, at most S s)
 #         bash scripts/gpu/device.sh scale ARCH N STEPS S   scripts/gpu/scaling.py: a random model of ARCH, N
@@ -64,10 +65,11 @@ trap 'kill $sampler 2>/dev/null; python3 scripts/gpu/peak_memory.py "/tmp/gpu-me
 PYTEST=(python3 -m pytest -p pytest_quant.plugin -p no:cacheprovider -q -o log_cli=true --log-cli-level=INFO
         --log-cli-format "%(asctime)s %(message)s" --log-cli-date-format "%H:%M:%S")
 case "$phase" in
-  suite)     # suite [N]: the shipped suite (guide profile, vLLM) on an empty store; N > 0: N xdist workers on this GPU
+  suite)     # suite [N [S]]: the shipped suite (guide profile, vLLM) on an empty store; N > 0: N xdist workers on this
+             # GPU; at most S s
     n=${2:-0}; name=suite-vllm${2:+-n$n}; SECONDS=0
     xd=(); [ "$n" -gt 0 ] && xd=(-n "$n" --dist loadgroup)
-    QUANT_CACHE_DIR=/tmp/quant-cache-$name timeout 470 "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide \
+    QUANT_CACHE_DIR=/tmp/quant-cache-$name timeout "${3:-300}" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide \
       --quant-group-size auto --quant-backend vllm --quant-report "$OUT/$name.json" "${xd[@]}" 2>&1 \
       | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/$name.log"
     echo "[gpu] $name: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/$name.log"; grep -E "took|PASS|FAIL|ERROR" "$OUT/$name.log" | cut -c1-300 | tail -25
@@ -95,7 +97,12 @@ case "$phase" in
     ;;
   issue33)   # issue 33 in one call: the suite from an empty store (time, peak memory), then the engine bench at 135M
     bash scripts/gpu/device.sh suite     # each phase samples its own peak (peak-memory-suite.txt, -bench.txt)
-    bash scripts/gpu/device.sh bench smollm2-135m 0 "${2:-before,eager,compiled,compiled2}" "${3:-300}"
+    bash scripts/gpu/device.sh bench smollm2-135m 0 "${2:-before,eager,compiled,compiled2}" "${3:-260}"
+    ;;
+  guide)     # issue 33 (4a): the guide's pipeline as written against pytest --quant-model (scripts/gpu/guide_vs_plugin.py)
+    timeout "${3:-540}" python3 scripts/gpu/guide_vs_plugin.py --arch "${2:-smollm2-135m}" --vllm-python /tmp/vllm-python \
+      --out "$OUT" 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/guide-${2:-smollm2-135m}.out"
+    grep -E "^\[guide\]|^step|^[a-z-]+ +[0-9.]+ |Error|error" "$OUT/guide-${2:-smollm2-135m}.out" | cut -c1-300 | tail -20
     ;;
   bench)     # issue 33: engine start and memory (scripts/gpu/engine_bench.py): bench ARCH ITEMS [CONFIGS [S]]
     timeout "${5:-500}" python3 scripts/gpu/engine_bench.py --arch "${2:-smollm2-135m}" --items "${3:-0}" \
