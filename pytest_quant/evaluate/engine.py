@@ -111,7 +111,7 @@ class Engine:
                 raise EvaluationFailed(f"vLLM evaluation {how}: {cause}{memory_hint(cause, request['model_args'])}"
                                        f"\nlast output:\n{text[-2000:]}")
             if time.perf_counter() - start > timeout:
-                text = self.text()
+                text = self.stacks()
                 self.close()
                 raise EvaluationFailed(f"vLLM evaluation exceeded --quant-eval-timeout={timeout:g}s and was killed; "
                                        f"last error: {root_cause(text)}\nlast output:\n{text[-2000:]}")
@@ -128,6 +128,15 @@ class Engine:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.is_file() else ""
+
+    def stacks(self, wait: float = 2.0) -> str:
+        """The runner's log once it has written where each of its threads is (faulthandler, on SIGUSR1)."""
+        try:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+        except (ProcessLookupError, PermissionError):
+            return self.text()
+        time.sleep(wait)
+        return self.text()
 
     def close(self) -> None:
         try:

