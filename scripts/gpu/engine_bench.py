@@ -20,13 +20,14 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
 
-from scaling import make_model, measured  # noqa: E402
+from scaling import gpu_memory, make_model, measured  # noqa: E402
 
 from pytest_quant.build.models import materialize, resolve_model  # noqa: E402
 from pytest_quant.evaluate.engine import ENGINES  # noqa: E402
@@ -41,6 +42,13 @@ CONFIGS = {
     "compiled2": ("vllm", {"enforce_eager": False}),
     "hf": ("hf", {}),
 }
+
+
+def settle(idle: list[int], within: float = 60.0) -> None:
+    """Wait until each GPU is back to ``idle`` MiB (+256): a killed engine's memory is freed after its process ends."""
+    end = time.monotonic() + within
+    while time.monotonic() < end and any(now > i + 256 for now, i in zip(gpu_memory(), idle)):
+        time.sleep(0.5)
 
 
 def main() -> None:
@@ -59,6 +67,7 @@ def main() -> None:
     ids = item_order("quant_facts", 0)[:a.items or None]
     compile_cache = tmp / "compile-cache"
     rows: dict[str, dict] = {}
+    idle = gpu_memory()
     answers: dict[str, dict] = {}
     for name in a.configs.split(","):
         backend, engine = CONFIGS[name]
@@ -69,7 +78,8 @@ def main() -> None:
         res, seconds, peaks = measured(lambda: evaluate(model, {run: ids}, store, backend=backend,
                                                         vllm_python=a.vllm_python, device="cuda", engine=engine,
                                                         label=f"{a.arch} {name}")[run])
-        ENGINES.shutdown()  # the next configuration starts cold
+        ENGINES.shutdown()  # the next configuration starts cold, its peak measured from an idle card
+        settle(idle)
         answers[name] = res.answers
         rows[name] = {"seconds": seconds, "eval_seconds": res.seconds, "start_seconds": round(seconds - res.seconds, 1),
                       "items": len(ids), "items_per_s": round(len(ids) / max(res.seconds, 1e-9), 1),
