@@ -139,9 +139,17 @@ def cast_checkpoint(out: Path, dtype: str | None) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def batch_size(calib: CalibrationSpec, device: str) -> int:
-    """The calibration batch size to use: the spec's, or for 'auto' the one measured to pay on ``device``."""
-    return AUTO_BATCH.get(device, 1) if calib.batch_size == "auto" else int(calib.batch_size)
+def batch_size(calib: CalibrationSpec, device: str, recipe: RecipeSpec | None = None) -> int:
+    """The calibration batch size to use: the spec's, or for 'auto' the one measured to pay on ``device``; AWQ
+    one sample at a time (its scale search replays each layer's cached inputs outside llm-compressor's batch loop,
+    where the batch's padding mask cannot follow them: build/batching.py)."""
+    awq = recipe is not None and (recipe.method.startswith("awq") or "AWQModifier" in (recipe.text or ""))
+    if calib.batch_size == "auto":
+        return 1 if awq else AUTO_BATCH.get(device, 1)
+    if awq and int(calib.batch_size) > 1:
+        raise QuantUsageError(f"--quant-calibration-batch-size={calib.batch_size}: AWQ calibrates one sample at a "
+                              "time here (its padded batches cannot be masked); pass 1 or auto")
+    return int(calib.batch_size)
 
 
 def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, dataset: Any, tokenizer: Any,
@@ -160,7 +168,7 @@ def _quantize(base_path: Path, recipe: RecipeSpec, calib: CalibrationSpec, datas
     torch.manual_seed(0)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    batch = batch_size(calib, device)
+    batch = batch_size(calib, device, recipe)
     t0 = time.perf_counter()
     log(f"loading {base_path} for {recipe.scheme}")
     model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=calibration_dtype(device),
@@ -228,7 +236,7 @@ def build_checkpoint(model: str, recipe: RecipeSpec, calibration: CalibrationSpe
         "calibration": "none (data-free)" if dataset is None else {
             "source": calibration.source, "num_samples": calibration.num_samples,
             "max_seq_length": calibration.max_seq_length, "tokens_sha256": calibration_digest(dataset),
-            "batch_size": batch_size(calibration, device)},
+            "batch_size": batch_size(calibration, device, recipe)},
         "versions": {**versions(LIBRARIES), "pytest-quant": __version__},
         "device": device,
         "calibration_dtype": str(calibration_dtype(device)),

@@ -15,7 +15,7 @@ from typing import Any
 
 from pytest_quant.build.checkpoint import Checkpoint, build_checkpoint, given_checkpoint, resolve_device
 from pytest_quant.build.calibration import CalibrationSpec
-from pytest_quant.infra.errors import QuantUsageError
+from pytest_quant.infra.errors import QuantError, QuantUsageError
 from pytest_quant.evaluate.backends import Backend, get_backend, resolve
 from pytest_quant.evaluate.evaluator import EvalRun, Evaluator, ItemResults
 from pytest_quant.evaluate.gpu_memory import gpu_work
@@ -99,6 +99,7 @@ class QuantSession(SchemeSupport):
         self._recipes: dict[Path, str] = {}
         self._marked_recipes: dict[str, str] = {}  # scheme name (recipe:<stem>) -> a quant_recipe marker's file
         self._checkpoints: dict[Any, Checkpoint] = {}
+        self._build_errors: dict[Any, QuantError] = {}  # a build that failed fails its other tests without a rebuild
         self._bases: dict[str, tuple[Path, Any]] = {}
         self._checked: set[Case] = set()
         self.planned: dict[Target, dict[EvalRun, set[int]]] = {}
@@ -235,14 +236,20 @@ class QuantSession(SchemeSupport):
         recipe = target.recipe or self.recipe(target.scheme)
         calibration = target.calibration or self.calibration()
         key = (target.model, recipe, calibration)
+        if key in self._build_errors:
+            raise self._build_errors[key]
         if key not in self._checkpoints:
             limit_threads()
-            with gpu_work(self.compute):  # kept evaluation models would hold GPU memory the build needs
-                self._checkpoints[key] = build_checkpoint(
-                    target.model, recipe, calibration, self.store, device=self.compute, rebuild=self.rebuild,
-                    trust_remote_code=self.trust_remote_code,
-                    gpus=self.settings.get("build_gpus", dict(target.gpus)),
-                    timeout=self.settings.get("build_timeout"))
+            try:
+                with gpu_work(self.compute):  # kept evaluation models would hold GPU memory the build needs
+                    self._checkpoints[key] = build_checkpoint(
+                        target.model, recipe, calibration, self.store, device=self.compute, rebuild=self.rebuild,
+                        trust_remote_code=self.trust_remote_code,
+                        gpus=self.settings.get("build_gpus", dict(target.gpus)),
+                        timeout=self.settings.get("build_timeout"))
+            except QuantError as e:
+                self._build_errors[key] = e
+                raise
         return self._checkpoints[key]
 
     def path(self, target: Target) -> Path:

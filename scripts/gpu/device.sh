@@ -75,7 +75,7 @@ case "$phase" in
     watcher=$!
     QUANT_CACHE_DIR=/tmp/quant-cache-$name timeout "$t" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide \
       --quant-group-size auto --quant-backend vllm --quant-report "$OUT/$name.json" "${xd[@]}" 2>&1 \
-      | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/$name.log"
+      | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" > "$OUT/$name.log"
     echo "[gpu] $name: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/$name.log"; kill $watcher 2>/dev/null
     grep -E "took|PASS|FAIL|ERROR" "$OUT/$name.log" | cut -c1-300 | tail -25
     ;;
@@ -83,9 +83,9 @@ case "$phase" in
     SECONDS=0
     timeout 240 "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
       --quant-backend hf -k "accuracy" --quant-report "$OUT/suite-hf.json" 2>&1 \
-      | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/suite-hf.log"
+      | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" > "$OUT/suite-hf.log"
     echo "[gpu] hf accuracy gates: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-hf.log"; tail -12 "$OUT/suite-hf.log"
-    timeout 150 "${PYTEST[@]}" tests/gpu/test_gpu_vllm.py -rs 2>&1 | grep -v -E "is ignored" | tail -15 | tee "$OUT/gpu-tests.log"
+    timeout 150 "${PYTEST[@]}" tests/gpu/test_gpu_vllm.py -rs 2>&1 | grep --line-buffered -v -E "is ignored" | tail -15 | tee "$OUT/gpu-tests.log"
     for cc in 75 80 90; do   # vLLM's own kernel choice per capability (recorded for tests/unit/test_backends.py)
       timeout 120 python3 scripts/gpu/probe.py $cc > "$OUT/vllm-support-cc$cc.json" 2>> "$OUT/probe.err"
     done
@@ -106,13 +106,13 @@ case "$phase" in
     ;;
   guide)     # issue 33 (4a): the guide's pipeline as written against pytest --quant-model (scripts/gpu/guide_vs_plugin.py)
     timeout "${3:-540}" python3 scripts/gpu/guide_vs_plugin.py --arch "${2:-smollm2-135m}" --vllm-python /tmp/vllm-python \
-      --out "$OUT" 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/guide-${2:-smollm2-135m}.out"
+      --out "$OUT" 2>&1 | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" > "$OUT/guide-${2:-smollm2-135m}.out"
     grep -E "^\[guide\]|^step|^[a-z-]+ +[0-9.]+ |Error|error" "$OUT/guide-${2:-smollm2-135m}.out" | cut -c1-300 | tail -20
     ;;
   bench)     # issue 33: engine start and memory (scripts/gpu/engine_bench.py): bench ARCH ITEMS [CONFIGS [S]]
     timeout "${5:-500}" python3 scripts/gpu/engine_bench.py --arch "${2:-smollm2-135m}" --items "${3:-0}" \
       --configs "${4:-before,eager,compiled,compiled2,hf}" --vllm-python /tmp/vllm-python --out "$OUT" 2>&1 \
-      | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/engine-${2:-smollm2-135m}.log"
+      | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" > "$OUT/engine-${2:-smollm2-135m}.log"
     grep -E "^\[engine\]|^[a-z0-9.]+ +[0-9.]+ |^config|items|pays|Error|error" "$OUT/engine-${2:-smollm2-135m}.log" | cut -c1-400 | tail -30
     ;;
   schemes)   # issue 32: the shipped suite per scheme users ship (vLLM, guide profile, 128 x 1024 calibration):
@@ -128,7 +128,7 @@ case "$phase" in
       # side by side on the GPU (issue 33: each engine asks only what its model needs), one store (its locks)
       (SECONDS=0; timeout "${3:-540}" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide --quant-group-size auto \
         --quant-num-samples 128 --quant-max-seq-length 1024 --quant-backend vllm -k "not bos" -rs "${args[@]}" \
-        --quant-report "$OUT/schemes-$set.json" 2>&1 | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/schemes-$set.log"
+        --quant-report "$OUT/schemes-$set.json" 2>&1 | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" > "$OUT/schemes-$set.log"
        echo "[gpu] schemes $set: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/schemes-$set.log") &
     done
     wait
@@ -140,7 +140,7 @@ case "$phase" in
   multi)
     export QUANT_MULTI_OUT=$OUT
     timeout "${3:-560}" "${PYTEST[@]}" tests/gpu/test_multi_gpu_run.py -k "${2:-}" -rs 2>&1 \
-      | grep -v -E "is ignored|it/s\]|s/it\]" | tee -a "$OUT/multi.log" | tail -40
+      | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" | tee -a "$OUT/multi.log" | tail -40
     ;;
   cpu)
     export CUDA_VISIBLE_DEVICES=    # the plugin builds and evaluates on the CPU
@@ -149,7 +149,7 @@ case "$phase" in
     SECONDS=0
     timeout "${3:-500}" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile ci --quant-group-size auto \
       --quant-backend vllm --quant-report "$OUT/suite-cpu-$run.json" "${args[@]}" 2>&1 \
-      | grep -v -E "is ignored|it/s\]|s/it\]" > "$OUT/suite-cpu-$run.log"
+      | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" > "$OUT/suite-cpu-$run.log"
     echo "[gpu] cpu suite $run: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/suite-cpu-$run.log"; tail -12 "$OUT/suite-cpu-$run.log"
     ;;
   amx)   # issue 30: the minimal reproduction of the SIGILL (scripts/gpu/amx_sigill.py), on the machine's AMX CPU
@@ -177,6 +177,6 @@ case "$phase" in
     ;;
   scale)
     timeout "${5:-560}" python3 scripts/gpu/scaling.py --arch "$2" --samples "$3" --steps "$4" --out "$OUT" 2>&1 \
-      | grep -v -E "is ignored|it/s\]|s/it\]|^\s*$" | tee -a "$OUT/scaling-$2.log" | grep -E "^\[scaling\]|Error|error" | tail -40
+      | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]|^\s*$" | tee -a "$OUT/scaling-$2.log" | grep -E "^\[scaling\]|Error|error" | tail -40
     ;;
 esac

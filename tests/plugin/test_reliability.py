@@ -14,6 +14,7 @@ import stat
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -375,3 +376,29 @@ def test_an_engine_refused_memory_says_what_it_asked_for_and_what_was_free(tmp_p
     first = str(e.value).splitlines()[0]
     assert "Free memory on device cuda:0 (2.1/79.2 GiB) on startup is less than desired" in first
     assert first.endswith("(this engine asked for gpu_memory_utilization=0.5; on a GPU --quant-gpu-memory sets it)")
+
+
+def test_a_failed_build_fails_its_other_tests_without_building_again(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """Five tests share a case's checkpoint: a build llm-compressor refused ran once per test on an H100 (AWQ, three
+    builds); the session now raises the first failure again."""
+    from pytest_quant.build.checkpoint import BuildFailed
+    from pytest_quant.session import session as session_module
+    from pytest_quant.session.settings import Settings
+
+    calls: list[str] = []
+
+    def refused(model: str, recipe: Any, *args: object, **kwargs: object) -> None:
+        calls.append(recipe.label)
+        raise BuildFailed(f"llm-compressor failed quantizing {recipe.label}: IndexError: tuple index out of range")
+
+    monkeypatch.setattr(session_module, "build_checkpoint", refused)
+    session = session_module.QuantSession(Settings(), tmp_path)
+    target = session_module.Target("smollm2-135m-instruct", "W4A16")
+    for _ in range(3):
+        with pytest.raises(BuildFailed, match="IndexError"):
+            session.build(target)
+    assert calls == ["W4A16"]
+    with pytest.raises(BuildFailed):
+        session.build(session_module.Target("smollm2-135m-instruct", "W8A8"))
+    assert calls == ["W4A16", "W8A8"]

@@ -89,3 +89,18 @@ def test_another_format_is_one_line_saying_what_is_supported(tmp_path: Path, met
     with pytest.raises(QuantUsageError, match=rf"is a .*{said}.* checkpoint \(quant_method '{method}'\), not "
                                               "compressed-tensors: pytest-quant gates compressed-tensors"):
         checkpoint_scheme(path)
+
+
+def test_awq_calibrates_one_sample_at_a_time() -> None:
+    """A GPU's 'auto' batch (16) would hand AWQ's scale search padded batches it replays without their masks (seen on
+    an H100: IndexError in the mask hook); AWQ takes 1, an explicit larger batch is refused, GPTQ keeps 16."""
+    from pytest_quant.build.calibration import CalibrationSpec
+    from pytest_quant.build.checkpoint import batch_size
+
+    auto, four = CalibrationSpec("bundled", 8, 64, "auto"), CalibrationSpec("bundled", 8, 64, 4)
+    assert batch_size(auto, "cuda", RecipeSpec("W4A16", algorithm="awq")) == 1
+    assert batch_size(auto, "cuda", RecipeSpec("W4A16", algorithm="awq+gptq")) == 1
+    assert batch_size(auto, "cuda", RecipeSpec("W4A16")) == 16
+    assert batch_size(four, "cuda", RecipeSpec("W4A16")) == 4
+    with pytest.raises(QuantUsageError, match=r"--quant-calibration-batch-size=4: AWQ calibrates one sample"):
+        batch_size(four, "cuda", RecipeSpec("W4A16", algorithm="awq"))
