@@ -212,14 +212,16 @@ class QuantSession(SchemeSupport):
 
     def check_build(self, case: Case) -> None:
         """Refuse, before any test runs, a case whose model cannot be had (an offline hub id) or whose recipe
-        cannot quantize it (a group size that divides no layer, an ignore list that leaves no layer)."""
+        cannot quantize it (a group size that divides no layer, an ignore list that leaves no layer, AWQ on batches)."""
         if case.checkpoint or case in self._checked:
             return
-        from pytest_quant.build.checkpoint import _shape_model
+        from pytest_quant.build.checkpoint import _shape_model, batch_size
         from pytest_quant.build.recipes import check_shapes
 
+        recipe = self.recipe(case.scheme)
+        batch_size(self.calibration(), self.compute, recipe)  # a batch the recipe's algorithm cannot calibrate on
         base_path, _ = self.base(case.model)
-        check_shapes(_shape_model(base_path, self.trust_remote_code), self.recipe(case.scheme))
+        check_shapes(_shape_model(base_path, self.trust_remote_code), recipe)
         self._checked.add(case)
 
     def checkpoint(self, case: Case) -> Checkpoint:
