@@ -341,7 +341,7 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     try:
         code = main(sys.argv)
-    except BaseException:  # noqa: BLE001  (an in-process vLLM engine's threads would keep a failed runner alive)
+    except BaseException:  # noqa: BLE001  (leave at once, even where threads vLLM started would keep Python up)
         traceback.print_exc()
         code = 1
     sys.stdout.flush()

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import torch  # noqa: E402
 from batching import bare  # noqa: E402
 from scaling import make_model, measured  # noqa: E402
 
@@ -59,8 +60,6 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=500.0, help="seconds each command may run")
     p.add_argument("--out", default=".")
     a = p.parse_args()
-    import torch
-
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a rehearsal of this script (--arch tiny)
     out, tmp = Path(a.out), Path(tempfile.mkdtemp(prefix="guide-vs-plugin-"))
     log = out / f"guide-vs-plugin-{a.arch}.log"
@@ -90,8 +89,8 @@ def main() -> None:
         else:
             installed = any(e.value == "pytest_quant.plugin" for e in entry_points(group="pytest11"))
             cmd = [sys.executable, "-m", "pytest", *([] if installed else ["-p", "pytest_quant.plugin"]),
-                   "-p", "no:cacheprovider", "-q", "--pyargs", "pytest_quant.suite", "--quant-model", str(base), "--quant-profile", "guide",
-                   "--quant-group-size", "auto", "--quant-backend", "vllm", "-k", "test_accuracy",
+                   "-p", "no:cacheprovider", "-q", "--pyargs", "pytest_quant.suite", "--quant-model", str(base),
+                   "--quant-profile", "guide", "--quant-group-size", "auto", "--quant-backend", "vllm", "-k", "test_accuracy",
                    "--quant-scheme", "W4A16", "--quant-report", str(out / f"guide-vs-plugin-{a.arch}-{step}.json")]
             code, seconds, peaks = measured(lambda: run(cmd, log, a.timeout, {"QUANT_CACHE_DIR": str(store)}))
             row = {"exit": code}  # 1 is a gate's FAIL (random weights at 8B): the time is what is measured
