@@ -58,7 +58,9 @@ for line in sys.stdin:
         print("RuntimeError: engine core died", flush=True)
         print("terminate called without an active exception", flush=True)
         os.abort()
-    if mode == "hang":
+    if mode == "hang":  # as lm_runner.serve does: its threads' stacks on SIGUSR1
+        import faulthandler, signal
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         time.sleep(600)
     time.sleep(0.5)
     runs = {{r["id"]: {{"items": {{str(i): {{"acc": float(i % 2)}} for i in r["samples"]}}, "bos_prefix_counts": {{"1": 10}},
@@ -120,11 +122,12 @@ def test_root_cause_is_the_last_exception_line() -> None:
     assert root_cause("just text\n") == "just text"
 
 
-def test_hanging_vllm_is_killed_at_the_timeout(tmp_path: Path) -> None:
+def test_hanging_vllm_is_killed_at_the_timeout_saying_where_it_waited(tmp_path: Path) -> None:
     start = time.perf_counter()
-    with pytest.raises(EvaluationFailed, match=r"exceeded --quant-eval-timeout=2s and was killed"):
+    with pytest.raises(EvaluationFailed, match=r"exceeded --quant-eval-timeout=2s and was killed") as e:
         run_eval(tmp_path, fake_vllm(tmp_path, "hang"), timeout=2)
     assert time.perf_counter() - start < 10
+    assert re.search(r"most recent call first\):\n  File .*python-hang\", line \d+ in <module>", str(e.value))
 
 
 def test_broken_or_missing_interpreter(tmp_path: Path) -> None:
@@ -291,6 +294,38 @@ def test_an_engine_ends_when_the_process_that_started_it_is_killed(runner: str) 
     while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert all(_gone(p) for p in pids), "the engine and its worker outlived the process that started them"
+
+
+def test_the_runner_writes_its_threads_stacks_on_sigusr1(tmp_path: Path) -> None:
+    """Engine asks a runner past its timeout where it waits (SIGUSR1) before killing it: lm_runner.serve answers
+    with every thread's stack in its log (a silent third engine on an H100 left nothing to read)."""
+    import os
+    import signal
+    import subprocess
+
+    from pytest_quant.evaluate import lm_runner
+
+    log = tmp_path / "runner.log"
+    with log.open("w") as out:
+        runner = subprocess.Popen([sys.executable, lm_runner.__file__, "--serve"], stdin=subprocess.PIPE, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until a handler for SIGUSR1 is installed (or the runner never does)
+            caught = Path(f"/proc/{runner.pid}/status").read_text().split("SigCgt:")[1].split()[0]
+            if int(caught, 16) & (1 << (signal.SIGUSR1 - 1)):
+                break
+            time.sleep(0.1)
+        os.kill(runner.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "in serve" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert runner.poll() is None, log.read_text()[-2000:]
+        assert re.search(r"Current thread .* \(most recent call first\):\n(  File .*\n)*  File .*lm_runner.py\", "
+                         r"line \d+ in serve", log.read_text()), log.read_text()[-2000:]
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
 
 
 ECHO_BACKEND = '''
