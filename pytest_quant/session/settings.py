@@ -112,7 +112,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("calibration", "calibration data: 'bundled', a hub dataset id[:split], or a .jsonl/.json/.parquet file",
            Text, "bundled"),
     Option("calibration_batch_size", "calibration batch size: a positive integer, or 'auto' (1 on a CPU, the "
-           "largest measured to pay on a GPU)", Literal["auto"] | PositiveInt, "auto"),
+           "largest measured to pay on a GPU; 1 for AWQ)", Literal["auto"] | PositiveInt, "auto"),
     Option("group_size", "weight group size, or block size of a block scheme (FP8_BLOCK) (a positive integer, -1 "
            "per channel, or 'auto' for the largest that divides every layer)", Annotated[int | str, PlainValidator(_group_size)]),
     Option("actorder", "GPTQ activation ordering: static, group, weight or none", Literal["static", "group", "weight",
