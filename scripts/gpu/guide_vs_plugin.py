@@ -67,6 +67,7 @@ def main() -> None:
     base = bundled if a.arch == "smollm2-135m" else make_model(a.arch, Path(a.models), bundled)
     tasks = write_task_dir(tmp / "tasks")
     store = tmp / "plugin-store"
+    installed = any(e.value == "pytest_quant.plugin" for e in entry_points(group="pytest11"))  # else: -p loads it
     rows: dict[str, dict] = {}
     for step in a.steps.split(","):
         if step == "guide":
@@ -87,7 +88,6 @@ def main() -> None:
                 return {"build_seconds": built["seconds"], "lm_eval_seconds": done}
             row, seconds, peaks = measured(guide)
         else:
-            installed = any(e.value == "pytest_quant.plugin" for e in entry_points(group="pytest11"))
             cmd = [sys.executable, "-m", "pytest", *([] if installed else ["-p", "pytest_quant.plugin"]),
                    "-p", "no:cacheprovider", "-q", "--pyargs", "pytest_quant.suite", "--quant-model", str(base),
                    "--quant-profile", "guide", "--quant-group-size", "auto", "--quant-backend", "vllm", "-k", "test_accuracy",
