@@ -128,13 +128,13 @@ case "$phase" in
       | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" > "$OUT/engine-${2:-smollm2-135m}.log"
     grep -E "^\[engine\]|^[a-z0-9.]+ +[0-9.]+ |^config|items|pays|Error|error" "$OUT/engine-${2:-smollm2-135m}.log" | cut -c1-400 | tail -30
     ;;
-  schemes)   # issue 32: the shipped suite per scheme users ship (vLLM, guide profile, 128 x 1024 calibration):
-             # presets in one session (one base evaluation), AWQ and FP8 KV cache in sessions of their own
-    sets=${2:-presets}; [ "$sets" = all ] && sets="presets awq kv"
+  schemes)   # issue 32: the shipped suite per scheme users ship (vLLM, guide profile, 128 x 1024 calibration): the
+             # FP8 and FP4 presets, AWQ and the FP8 KV cache in four sessions side by side (one base evaluation: the store)
+    sets=${2:-fp8 fp4}; [ "$sets" = all ] && sets="fp8 fp4 awq kv"
     for set in $sets; do
       case "$set" in
-        presets) args=(--quant-scheme FP8_DYNAMIC --quant-scheme FP8 --quant-scheme FP8_BLOCK --quant-scheme NVFP4A16
-                       --quant-scheme NVFP4 --quant-scheme W4AFP8 --quant-scheme MXFP4A16) ;;
+        fp8) args=(--quant-scheme FP8_DYNAMIC --quant-scheme FP8 --quant-scheme FP8_BLOCK --quant-scheme W4AFP8) ;;
+        fp4) args=(--quant-scheme NVFP4A16 --quant-scheme NVFP4 --quant-scheme MXFP4A16) ;;
         awq) args=(--quant-scheme W4A16 --quant-algorithm awq) ;;
         kv) args=(--quant-scheme W4A16 --quant-kv-cache fp8) ;;
       esac
