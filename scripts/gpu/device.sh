@@ -66,6 +66,7 @@ python3 -c "import torch, transformers, llmcompressor; print('torch', torch.__ve
 # Peak GPU memory, sampled every 0.5 s for the whole phase (per GPU, MiB).
 nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "/tmp/gpu-mem-$phase.csv" &
 sampler=$!
+runs=()   # a phase's own background runs: a bare `wait` would wait for the sampler too (it never ends)
 # The outermost phase packs what it wrote into one archive when more than the tool brings back (8 files) was written.
 outermost=${DEVICE_SH_NESTED:-yes}; export DEVICE_SH_NESTED=no
 pack() {
@@ -107,8 +108,9 @@ case "$phase" in
   probe)     # issue 32: vLLM's answer per scheme here and for capabilities 7.5 and 10.0 (scripts/gpu/probe.py), side by side
     for cc in "" 75 100; do
       timeout 150 python3 scripts/gpu/probe.py $cc > "$OUT/vllm-support${cc:+-cc$cc}.json" 2>> "$OUT/probe-${cc:-here}.err" &
+      runs+=($!)
     done
-    wait
+    wait "${runs[@]}"
     for cc in "" 75 100; do
       python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('${cc:-here}', {k: v.get('kernel') or v.get('error','')[:100] for k,v in d.items()})" "$OUT/vllm-support${cc:+-cc$cc}.json"
     done
@@ -143,8 +145,9 @@ case "$phase" in
         --quant-num-samples 128 --quant-max-seq-length 1024 --quant-backend vllm -k "not bos" -rs "${args[@]}" \
         --quant-report "$OUT/schemes-$set.json" 2>&1 | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" > "$OUT/schemes-$set.log"
        echo "[gpu] schemes $set: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/schemes-$set.log") &
+      runs+=($!)
     done
-    wait
+    wait "${runs[@]}"
     for set in $sets; do
       grep -E "^smollm2|^model|^SKIPPED|FAILED|ERROR" "$OUT/schemes-$set.log" | cut -c1-260 | tail -40
       grep -h -i -E "kv cache scal|k_scale|scaling factor|weight-only|LinearKernel" "$OUT/schemes-$set.log" | sort | uniq -c | sort -rn | head -8
@@ -181,11 +184,12 @@ case "$phase" in
       (SECONDS=0; env QUANT_CACHE_DIR=/tmp/qc-$name $vars timeout 540 taskset -c "$cores" "${PYTEST[@]}" \
         --pyargs pytest_quant.suite --quant-profile ci --quant-group-size auto \
         --quant-report "$OUT/ci-$name.json" "$@" > "$OUT/ci-$name.log" 2>&1; echo "[gpu] $name: exit $? in ${SECONDS}s" >> "$OUT/ci-$name.log") &
+      runs+=($!)
     }
     one main 0,1 "" --quant-backend auto -n 2 --dist loadgroup
     one emulated 2,3 "OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41" --quant-backend auto "${W4[@]}"
     one emulated-hf 4,5 "OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41" --quant-backend hf "${W4[@]}"
-    wait
+    wait "${runs[@]}"
     for f in "$OUT"/ci-*.log; do grep -E "^\[gpu\]|  W(4A16|8A8)  |killed by|Error" "$f" | grep -v "it/s" | tail -8; done
     ;;
   scale)
