@@ -16,14 +16,26 @@ from pytest_quant.infra.store import Store
 PROMPTS = Path(__file__).parents[1] / "data" / "prompts.jsonl"
 
 
+def _load(path: Path, device: str) -> Any:
+    """A model in float32; a compressed-tensors checkpoint decompressed at load (its activations still fake-quantized
+    where its scheme quantizes them): FP4 formats decompress their weights to bfloat16 whatever the model's dtype,
+    which float32 activations cannot meet (seen on CPU and H100 for NVFP4A16, NVFP4, MXFP4A16)."""
+    import torch
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    quantized = "quantization_config" in json.loads((path / "config.json").read_text())
+    extra = {"quantization_config": CompressedTensorsConfig(dequantize=True)} if quantized else {}
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **extra)
+    return model.float().to(device).eval()
+
+
 def _measure(base: Path, quantized: Path, num_prompts: int, max_tokens: int, device: str) -> dict[str, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(base))
     texts = [json.loads(line)["text"] for line in PROMPTS.read_text().splitlines()[:num_prompts]]
-    models = [AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).to(device).eval()
-              for p in (base, quantized)]
+    models = [_load(p, device) for p in (base, quantized)]
     kl, top1, tokens = [], [], 0
     with torch.no_grad():
         for text in texts:

@@ -12,7 +12,9 @@ import pytest
 
 from pytest_quant.build.checkpoint import BuildFailed, build_checkpoint, given_checkpoint
 from pytest_quant.build.checks import checkpoint_problems, checkpoint_scheme, describe_config
+from pytest_quant.build.models import materialize, resolve_model
 from pytest_quant.build.recipes import RecipeSpec
+from pytest_quant.evaluate.fidelity import fidelity
 from pytest_quant.infra.errors import QuantUsageError
 from pytest_quant.infra.store import Store
 
@@ -32,6 +34,15 @@ def test_a_data_free_scheme_is_built_without_calibration_data(store: Store) -> N
                                                                                ignore=("lm_head",))
     entry = next(e for e in store.entries("checkpoints") if e.path == ck.path)
     assert entry.manifest["material"]["calibration"] == "none (data-free)"
+
+
+@pytest.mark.parametrize("scheme", ["NVFP4A16", "MXFP4A16"])
+def test_fidelity_measures_an_fp4_checkpoint(store: Store, scheme: str) -> None:
+    """FP4 formats decompress their weights to bfloat16 whatever the model's dtype; fidelity (float32) measures them
+    all the same (it raised `expected mat1 and mat2 to have the same dtype` on the CPU and on an H100)."""
+    ck = build_checkpoint(MODEL, RecipeSpec(scheme), CI_CALIBRATION, store)
+    f = fidelity(materialize(resolve_model(MODEL), store)[0], ck.path, store, num_prompts=4)
+    assert 0.0 < f["kl"] < 2.0 and 0.3 < f["top1_agreement"] < 1.0, f
 
 
 def test_a_recipe_file_is_run_as_written(store: Store, tmp_path: Path) -> None:
