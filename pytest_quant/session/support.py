@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from pytest_quant.build.schemes import COMMON, get_scheme
 from pytest_quant.evaluate.backends import Backend
 from pytest_quant.evaluate.backends import names as backend_names
+from pytest_quant.infra.errors import QuantError
 from pytest_quant.infra.hardware import why_skip
 
 if TYPE_CHECKING:
@@ -34,10 +35,12 @@ class SchemeSupport:
         from pytest_quant.build.checks import config_group, quantization_config
 
         gs, out = self.settings.get("group_size"), {}
-        for name in dict.fromkeys([*COMMON, *(s for s in self.settings.get("scheme") if s)]):
-            scheme = get_scheme(name)
-            if isinstance(gs, int) and scheme.group_size and not scheme.group_fixed:
-                scheme = scheme.with_group(None if gs == -1 else gs)
+        names = list(dict.fromkeys([*COMMON, *(s for s in self.settings.get("scheme") if s)]))
+        sizes = self._auto_groups(names) if gs == "auto" else dict.fromkeys(names, gs)
+        for name in names:
+            scheme, size = get_scheme(name), sizes[name]
+            if isinstance(size, int) and scheme.group_size and not scheme.group_fixed:
+                scheme = scheme.with_group(None if size == -1 else size)
             group = scheme.config_group()
             if self.settings.get("actorder") == "group":
                 group["weights"]["actorder"] = "group"
@@ -46,6 +49,24 @@ class SchemeSupport:
             if case.checkpoint:
                 path = Path(case.checkpoint)
                 out[case.scheme] = {"group": config_group(path), "format": quantization_config(path).get("format")}
+        return out
+
+    def _auto_groups(self, names: list[str]) -> dict[str, int | None]:
+        """The group (or block) size ``--quant-group-size auto`` gives each scheme on this session's models, where
+        they agree; None (ask about the preset's) where they differ or a model has none (its build says why). vLLM
+        answers per group: W4AFP8 runs at 128 only, which SmolLM2's 576 columns cannot take (seen on an H100)."""
+        from pytest_quant.build.checkpoint import _shape_model
+        from pytest_quant.build.recipes import check_shapes
+
+        models = [] if self.settings.get("checkpoint") else self.settings.get("model")
+        shapes = [_shape_model(self.base(m)[0], self.trust_remote_code) for m in models]
+        out: dict[str, int | None] = {}
+        for name in names:
+            try:
+                found = {check_shapes(shape, self.recipe(name)).group_size for shape in shapes}
+            except QuantError:
+                found = set()
+            out[name] = found.pop() if len(found) == 1 else None
         return out
 
     def _eval_choice(self, scheme: str | None) -> tuple[str, str | None]:

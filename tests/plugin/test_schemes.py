@@ -12,6 +12,7 @@ from pytest_quant.build.checks import checkpoint_recipe, checkpoint_scheme, desc
 from pytest_quant.build.recipes import RecipeSpec
 from pytest_quant.build.schemes import get_scheme, names, needs_data, presets
 from pytest_quant.infra.errors import QuantUsageError
+from pytest_quant.infra.store import Store
 
 ISSUE_LIST = ("W4A16", "W4A16_ASYM", "W8A16", "W8A8", "FP8", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "NVFP4",
               "MXFP4A16", "W4AFP8")
@@ -104,3 +105,18 @@ def test_awq_calibrates_one_sample_at_a_time() -> None:
     assert batch_size(four, "cuda", RecipeSpec("W4A16")) == 4
     with pytest.raises(QuantUsageError, match=r"--quant-calibration-batch-size=4: AWQ calibrates one sample"):
         batch_size(four, "cuda", RecipeSpec("W4A16", algorithm="awq"))
+
+
+def test_auto_asks_the_backend_about_the_group_the_build_uses(store: Store, quant_env: pytest.MonkeyPatch) -> None:
+    """vLLM runs W4AFP8 at group 128 only; ``auto`` builds it at 64 on SmolLM2 (576 columns). The backends are asked
+    about the group the build uses (asked about the preset's 128, vLLM said yes and refused the checkpoint at engine
+    start: seen on an H100); a group size given stays the one asked about, a format's own group stays its own."""
+    from pytest_quant.session.session import QuantSession
+    from pytest_quant.session.settings import Settings
+
+    auto = QuantSession(Settings({"scheme": ["W4AFP8", "FP8_BLOCK", "NVFP4"], "group_size": "auto"}), store.root)
+    asked = {name: a["group"]["weights"] for name, a in auto._asked().items()}
+    assert asked["W4AFP8"]["group_size"] == 64 and asked["W4A16"]["group_size"] == 64
+    assert asked["FP8_BLOCK"]["block_structure"] == [64, 64] and asked["NVFP4"]["group_size"] == 16
+    given = QuantSession(Settings({"scheme": ["W4AFP8"], "group_size": 32}), store.root)._asked()
+    assert given["W4AFP8"]["group"]["weights"]["group_size"] == 32
