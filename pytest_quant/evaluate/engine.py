@@ -27,7 +27,7 @@ from pytest_quant.infra.progress import EVERY
 from pytest_quant.infra.files import digest
 
 RUNNER = Path(lm_runner.__file__).resolve()
-KERNEL = re.compile(r"\b(\w+(?:LinearKernel|ScaledMMLinearKernel))\b")
+KERNEL = re.compile(r"\b(\w+(?:LinearKernel|MMKernel))\b")  # vLLM's "Using/Selected X for ..." lines
 # What vLLM says of an FP8 KV cache's scales: the checkpoint's (k_scale/v_scale loaded) or 1.0 when it has none
 # (vLLM's own lines: "Using KV cache scaling factor 1.0 ...", "... k/v_scale ..."; not its engine-config dump, which
 # names kv_cache_dtype and scales in one 3000-character line: seen on an H100, 2026-12-06)
@@ -118,7 +118,7 @@ class Engine:
             time.sleep(0.2)
         response = json.loads(resp.read_text())
         text = self.text()
-        response["kernels"] = sorted(set(KERNEL.findall(text)))
+        response["kernels"] = sorted(set(KERNEL.findall(text)) | set(response.get("layer_kernels", [])))
         response["kv_cache"] = sorted({" ".join(m.split()) for m in KV_SCALES.findall(text)})[:3]
         response["engine"] = {**{k: v for k, v in request["model_args"].items()
                                  if k in ("enforce_eager", "gpu_memory_utilization")}, **reserved(text)}

