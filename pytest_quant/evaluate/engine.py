@@ -73,6 +73,17 @@ def run_config(env: dict[str, str], backend: str) -> str:
     return f"{describe(signature(None, env))}, backend {backend}"
 
 
+# Variables the pytest process itself changes as it runs, which say nothing of how a runner computes: pytest names the
+# running test in PYTEST_CURRENT_TEST, llm-compressor's oneshot sets TOKENIZERS_PARALLELISM at the first build. A
+# spare runner started before either changed is still the runner asked for (it was discarded at every GPU evaluation).
+VOLATILE = ("PYTEST_CURRENT_TEST", "TOKENIZERS_PARALLELISM")
+
+
+def identity(python: str, env: dict[str, str], backend: str) -> tuple[str, dict[str, str], str]:
+    """What makes two runners the same: the interpreter, the environment but for VOLATILE, the backend."""
+    return python, {k: v for k, v in env.items() if k not in VOLATILE}, backend
+
+
 class Engine:
     """A vLLM runner process (``lm_runner.py --serve``) that keeps one model loaded between requests."""
 
@@ -80,7 +91,7 @@ class Engine:
         self.dir = Path(tempfile.mkdtemp(prefix="pytest-quant-engine-"))
         self.log = self.dir / "vllm.log"
         self.requests = 0
-        self.started_as = (python, env, backend)
+        self.started_as = identity(python, env, backend)
         self.config, self.free_at_start = run_config(env, backend), free_gib()
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([python, str(RUNNER), "--serve"], stdin=subprocess.PIPE, stdout=out,
@@ -202,7 +213,7 @@ class EnginePool:
     def _take_spare(self, python: str, env: dict[str, str], backend: str) -> Engine:
         """The spare runner when it was started with this interpreter and environment, else a new runner."""
         spare, self.spare = self.spare, None
-        if spare is not None and spare.started_as == (python, env, backend) and spare.proc.poll() is None:
+        if spare is not None and spare.started_as == identity(python, env, backend) and spare.proc.poll() is None:
             return spare
         if spare is not None:
             spare.close()

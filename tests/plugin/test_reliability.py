@@ -408,18 +408,24 @@ def test_on_a_gpu_the_next_model_loads_in_a_spare_runner_that_imported_vllm_mean
     def ask(model: str, device: str) -> None:
         request = {"model_args": {"pretrained": model, "gpu_memory_utilization": 0.05},
                    "runs": [{"id": "r", "samples": [1]}]}
-        ENGINES.ask(python, request, device, env, 60, lambda _: None, "vllm")
+        ENGINES.ask(python, request, device, dict(env), 60, lambda _: None, "vllm")  # fresh per ask, as in backends
 
     ask("a", "cuda")
     spare = ENGINES.spare
     assert spare is not None and spare.proc.poll() is None
+    # what pytest and llm-compressor change in os.environ between two tests does not make it another runner
+    env.update(PYTEST_CURRENT_TEST="test_accuracy[W8A8] (call)", TOKENIZERS_PARALLELISM="false")
     ask("b", "cuda")
     assert spare in ENGINES.engines.values() and ENGINES.spare is not spare
+    env["VLLM_USE_V1"] = "0"  # a variable vLLM reads does
+    spare = ENGINES.spare
+    ask("c", "cuda")
+    assert spare not in ENGINES.engines.values()
     ENGINES.close()
     assert not ENGINES.engines and ENGINES.spare is not None
     ENGINES.shutdown()
     assert ENGINES.spare is None
-    ask("c", "cpu")
+    ask("d", "cpu")
     assert ENGINES.spare is None
 
 
