@@ -101,6 +101,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         qs = activation.activate(config)  # a refusal remembered from collection is raised again here
     except QuantError as e:
         activation.refuse(config, str(e), row=False)  # the report already holds the refusal
+    try:
+        qs.prestart()
+    except QuantError:
+        pass  # no store or backend: collection below stops with that error, reported where it always is
     for nodeid, reason in config.stash.get(MARKED_REFUSALS, {}).items():
         activation.refuse(config, f"{nodeid}: {reason}")
     for item in items:

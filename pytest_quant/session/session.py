@@ -141,6 +141,11 @@ class QuantSession(SchemeSupport):
     def compute(self) -> str:
         return resolve_device(self.settings.get("device"))
 
+    def prestart(self) -> None:
+        """On a GPU, let the session's backend begin what its first evaluation will wait for (Backend.prestart)."""
+        if self.device.kind == "cuda":
+            self.backend_object(self.backend).prestart(self.store)
+
     def cases(self) -> list[Case]:
         """The model x scheme cases, or one per --quant-checkpoint (paired with its base model)."""
         models, checkpoints = self.settings.get("model"), self.settings.get("checkpoint")

@@ -13,6 +13,7 @@ import re
 import stat
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -461,3 +462,28 @@ def test_a_failed_build_fails_its_other_tests_without_building_again(monkeypatch
     with pytest.raises(BuildFailed):
         session.build(session_module.Target("smollm2-135m-instruct", "W8A8"))
     assert calls == ["W4A16", "W8A8"]
+
+
+def test_on_a_gpu_the_session_starts_its_spare_runner_before_collection_asks_anything(tmp_path: Path) -> None:
+    """The spare runner starts with the session (vLLM's import beside the base model's preparation and the support
+    probe), as the runner the backend asks for later; on a CPU no spare is started."""
+    from pytest_quant.evaluate.backends.vllm import VllmBackend
+    from pytest_quant.evaluate.engine import ENGINES, identity
+    from pytest_quant.infra.hardware import Device
+    from pytest_quant.session.session import QuantSession
+    from pytest_quant.session.settings import Settings
+
+    python = fake_vllm(tmp_path, "ok")
+    qs = QuantSession(Settings({"backend": "vllm", "vllm_python": python}), tmp_path / "store")
+    qs._device = Device("cpu", "x86_64")
+    qs.prestart()
+    assert ENGINES.spare is None
+    qs._device = Device("cuda", "NVIDIA H100 80GB HBM3", 90, 1, 79.0)
+    qs.prestart()
+    spare = ENGINES.spare
+    assert spare is not None and spare.proc.poll() is None
+    asked = replace(VllmBackend(python), compile_cache=str(qs.store.root / "vllm-compile-cache"))
+    assert spare.started_as == identity(python, asked.env("cuda", {}), "vllm")
+    qs.prestart()
+    assert ENGINES.spare is spare
+    ENGINES.shutdown()

@@ -170,11 +170,16 @@ class VllmBackend(Backend):
             return {}
 
         entry = store.get_or_create("vllm-support", material, ask, label="vLLM's scheme support")
-        ready = replace(self, support=json.loads((entry.path / "support.json").read_text()),
-                        compile_cache=str(store.root / "vllm-compile-cache"))
         if device.kind == "cuda":
-            ENGINES.prestart(self.python or "", ready.env("cuda", {}), self.name)  # vLLM imported while builds run
-        return ready
+            self.prestart(store)  # vLLM imported while builds run (started already where the session began)
+        return replace(self._in(store), support=json.loads((entry.path / "support.json").read_text()))
+
+    def _in(self, store: Any) -> "VllmBackend":
+        """This backend with vLLM's compile cache in ``store``."""
+        return replace(self, compile_cache=str(store.root / "vllm-compile-cache"))
+
+    def prestart(self, store: Any) -> None:
+        ENGINES.prestart(self.python or "", self._in(store).env("cuda", {}), self.name)
 
     def supports(self, scheme: str | None, device: Any) -> str | None:
         """vLLM's own answer where it was asked (for_device), else the guides' table."""
