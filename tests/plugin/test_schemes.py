@@ -120,3 +120,19 @@ def test_auto_asks_the_backend_about_the_group_the_build_uses(store: Store, quan
     assert asked["FP8_BLOCK"]["block_structure"] == [64, 64] and asked["NVFP4"]["group_size"] == 16
     given = QuantSession(Settings({"scheme": ["W4AFP8"], "group_size": 32}), store.root)._asked()
     assert given["W4AFP8"]["group"]["weights"]["group_size"] == 32
+
+
+def test_a_scheme_vllm_runs_weight_only_says_so() -> None:
+    """NVFP4 below capability 10.0 runs on Marlin with 16-bit activations: every row says so, from vLLM's warning or,
+    where the probe caught none (vLLM 0.26 on an H100), from its kernel; a weight-only scheme on Marlin says nothing."""
+    from pytest_quant.evaluate.backends.vllm import VllmBackend
+
+    support = {"NVFP4": {"kernel": "MarlinNvFp4LinearKernel"}, "NVFP4A16": {"kernel": "MarlinNvFp4LinearKernel"},
+               "FP8": {"kernel": "CutlassFP8ScaledMMLinearKernel"}, "W4AFP8": {"kernel": "MarlinLinearKernel",
+                                                                             "note": "no native FP8 on this GPU"}}
+    backend = VllmBackend("python", support=support)
+    assert backend.note("NVFP4") == ("NVFP4 evaluated weight-only (MarlinNvFp4LinearKernel) on this device: "
+                                     "MarlinNvFp4LinearKernel keeps the activations in 16 bits")
+    assert backend.note("W4AFP8") == ("W4AFP8 evaluated weight-only (MarlinLinearKernel) on this device: vLLM: no "
+                                      "native FP8 on this GPU")
+    assert backend.note("NVFP4A16") is None and backend.note("FP8") is None and backend.note("W4A16") is None

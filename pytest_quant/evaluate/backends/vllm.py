@@ -15,7 +15,7 @@ from pytest_quant.evaluate.backends.base import Backend
 from pytest_quant.evaluate.backends.vllm_memory import card_gib, plan
 from pytest_quant.evaluate.backends.vllm_probe import SCHEME_PROBE, probe_schemes
 from pytest_quant.evaluate.engine import ENGINES
-from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
+from pytest_quant.infra.errors import QuantEnvironmentError, QuantError, QuantUsageError
 from pytest_quant.infra.exits import signal_note
 from pytest_quant.infra.hardware import xdist_worker
 from pytest_quant.infra.machine import cpu_dtype, signature
@@ -112,6 +112,16 @@ KERNELS: dict[str, SchemeSupport] = {
 }
 
 
+def _quantizes_activations(scheme: str) -> bool:
+    """Whether the preset ``scheme`` quantizes activations (False for a name that is no preset)."""
+    from pytest_quant.build.schemes import get_scheme
+
+    try:
+        return not get_scheme(scheme).weight_only
+    except QuantError:
+        return False
+
+
 def table_reason(scheme: str, device: Any) -> str | None:
     """Why the guides' table says ``scheme`` cannot run on ``device`` with vLLM, or None."""
     row, found = KERNELS.get(scheme), device.describe()
@@ -198,11 +208,15 @@ class VllmBackend(Backend):
         return (self.support or {}).get(scheme, {}).get("kernel")
 
     def note(self, scheme: str) -> str | None:
-        """vLLM's warning when it runs ``scheme`` in another way than the checkpoint's (FP4 weight-only via Marlin)."""
+        """How vLLM runs ``scheme`` here when not as its checkpoint says: weight-only on a Marlin kernel, activations
+        the scheme quantizes kept in 16 bits (NVFP4 below capability 10.0, FP8 below 8.9), as vLLM warned or its
+        kernel shows (vLLM 0.26 logged no warning in the probe on an H100)."""
         answer = (self.support or {}).get(scheme, {})
-        if "note" not in answer:
+        kernel = str(answer.get("kernel", ""))
+        if "note" not in answer and not (kernel.startswith("Marlin") and _quantizes_activations(scheme)):
             return None
-        return f"{scheme} evaluated weight-only ({answer.get('kernel')}) on this device: vLLM: {answer['note']}"
+        said = f"vLLM: {answer['note']}" if "note" in answer else f"{kernel} keeps the activations in 16 bits"
+        return f"{scheme} evaluated weight-only ({kernel}) on this device: {said}"
 
     def model_args(self, path: Path, device: str, gpus: int, engine: dict[str, Any]) -> dict[str, Any]:
         # eager unless asked: at a gate's item counts compilation costs more than it saves (docs/GPU.md measures it)
