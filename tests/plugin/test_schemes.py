@@ -127,9 +127,10 @@ def test_a_scheme_vllm_runs_weight_only_says_so() -> None:
     where the probe caught none (vLLM 0.26 on an H100), from its kernel; a weight-only scheme on Marlin says nothing."""
     from pytest_quant.evaluate.backends.vllm import VllmBackend
 
-    support = {"NVFP4": {"kernel": "MarlinNvFp4LinearKernel"}, "NVFP4A16": {"kernel": "MarlinNvFp4LinearKernel"},
-               "FP8": {"kernel": "CutlassFP8ScaledMMLinearKernel"}, "W4AFP8": {"kernel": "MarlinLinearKernel",
-                                                                             "note": "no native FP8 on this GPU"}}
+    support = {"NVFP4": {"kernel": "MarlinNvFp4LinearKernel", "quantizes_activations": True},
+               "NVFP4A16": {"kernel": "MarlinNvFp4LinearKernel", "quantizes_activations": False},
+               "FP8": {"kernel": "CutlassFP8ScaledMMLinearKernel", "quantizes_activations": True},
+               "W4AFP8": {"kernel": "MarlinLinearKernel", "note": "no native FP8 on this GPU"}}
     backend = VllmBackend("python", support=support)
     assert backend.note("NVFP4") == ("NVFP4 evaluated weight-only (MarlinNvFp4LinearKernel) on this device: "
                                      "MarlinNvFp4LinearKernel keeps the activations in 16 bits")

@@ -15,7 +15,7 @@ from pytest_quant.evaluate.backends.base import Backend
 from pytest_quant.evaluate.backends.vllm_memory import card_gib, plan
 from pytest_quant.evaluate.backends.vllm_probe import SCHEME_PROBE, probe_schemes
 from pytest_quant.evaluate.engine import ENGINES
-from pytest_quant.infra.errors import QuantEnvironmentError, QuantError, QuantUsageError
+from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
 from pytest_quant.infra.exits import signal_note
 from pytest_quant.infra.hardware import xdist_worker
 from pytest_quant.infra.machine import cpu_dtype, signature
@@ -112,16 +112,6 @@ KERNELS: dict[str, SchemeSupport] = {
 }
 
 
-def _quantizes_activations(scheme: str) -> bool:
-    """Whether the preset ``scheme`` quantizes activations (False for a name that is no preset)."""
-    from pytest_quant.build.schemes import get_scheme
-
-    try:
-        return not get_scheme(scheme).weight_only
-    except QuantError:
-        return False
-
-
 def table_reason(scheme: str, device: Any) -> str | None:
     """Why the guides' table says ``scheme`` cannot run on ``device`` with vLLM, or None."""
     row, found = KERNELS.get(scheme), device.describe()
@@ -182,7 +172,10 @@ class VllmBackend(Backend):
         entry = store.get_or_create("vllm-support", material, ask, label="vLLM's scheme support")
         if device.kind == "cuda":
             self.prestart(store)  # vLLM imported while builds run (started already where the session began)
-        return replace(self._in(store), support=json.loads((entry.path / "support.json").read_text()))
+        answers = json.loads((entry.path / "support.json").read_text())
+        for name, answer in answers.items():  # what the scheme asks of activations, for note()
+            answer["quantizes_activations"] = bool(schemes.get(name, {}).get("group", {}).get("input_activations"))
+        return replace(self._in(store), support=answers)
 
     def _in(self, store: Any) -> "VllmBackend":
         """This backend with vLLM's compile cache in ``store``."""
@@ -213,7 +206,7 @@ class VllmBackend(Backend):
         kernel shows (vLLM 0.26 logged no warning in the probe on an H100)."""
         answer = (self.support or {}).get(scheme, {})
         kernel = str(answer.get("kernel", ""))
-        if "note" not in answer and not (kernel.startswith("Marlin") and _quantizes_activations(scheme)):
+        if "note" not in answer and not (kernel.startswith("Marlin") and answer.get("quantizes_activations")):
             return None
         said = f"vLLM: {answer['note']}" if "note" in answer else f"{kernel} keeps the activations in 16 bits"
         return f"{scheme} evaluated weight-only ({kernel}) on this device: {said}"
