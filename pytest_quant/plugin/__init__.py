@@ -102,7 +102,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     except QuantError as e:
         activation.refuse(config, str(e), row=False)  # the report already holds the refusal
     try:
-        qs.prestart()
+        qs.start()
     except QuantError:
         pass  # no store or backend: collection below stops with that error, reported where it always is
     for nodeid, reason in config.stash.get(MARKED_REFUSALS, {}).items():

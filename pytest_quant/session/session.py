@@ -141,8 +141,10 @@ class QuantSession(SchemeSupport):
     def compute(self) -> str:
         return resolve_device(self.settings.get("device"))
 
-    def prestart(self) -> None:
-        """On a GPU, let the session's backend begin what its first evaluation will wait for (Backend.prestart)."""
+    def start(self) -> None:
+        """The session begins: it says on what device and backend (a timestamp for where the time goes), and on a GPU
+        lets the backend begin what its first evaluation will wait for (Backend.prestart)."""
+        log_info(f"pytest-quant on {self.device.describe()}, backend {self.backend}")
         if self.device.kind == "cuda":
             self.backend_object(self.backend).prestart(self.store)
 

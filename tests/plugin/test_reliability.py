@@ -476,14 +476,14 @@ def test_on_a_gpu_the_session_starts_its_spare_runner_before_collection_asks_any
     python = fake_vllm(tmp_path, "ok")
     qs = QuantSession(Settings({"backend": "vllm", "vllm_python": python}), tmp_path / "store")
     qs._device = Device("cpu", "x86_64")
-    qs.prestart()
+    qs.start()
     assert ENGINES.spare is None
     qs._device = Device("cuda", "NVIDIA H100 80GB HBM3", 90, 1, 79.0)
-    qs.prestart()
+    qs.start()
     spare = ENGINES.spare
     assert spare is not None and spare.proc.poll() is None
     asked = replace(VllmBackend(python), compile_cache=str(qs.store.root / "vllm-compile-cache"))
     assert spare.started_as == identity(python, asked.env("cuda", {}), "vllm")
-    qs.prestart()
+    qs.start()
     assert ENGINES.spare is spare
     ENGINES.shutdown()
