@@ -7,6 +7,7 @@ transformers (the quantization environment) and cached in the store under both m
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ def _load(path: Path, device: str) -> Any:
 
     quantized = "quantization_config" in json.loads((path / "config.json").read_text())
     extra = {"quantization_config": CompressedTensorsConfig(dequantize=True)} if quantized else {}
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **extra)
+    with warnings.catch_warnings():  # transformers' notice that the checkpoint's config is kept, but for dequantize
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`", category=UserWarning)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **extra)
     return model.float().to(device).eval()
 
 
