@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_quant.build.checkpoint import Checkpoint, build_checkpoint, given_checkpoint, resolve_device
+from pytest_quant.build.checkpoint import Checkpoint, _shape_model, build_checkpoint, given_checkpoint, resolve_device
 from pytest_quant.build.calibration import CalibrationSpec
 from pytest_quant.infra.errors import QuantError, QuantUsageError
 from pytest_quant.evaluate.backends import Backend, get_backend, resolve
@@ -101,6 +101,7 @@ class QuantSession(SchemeSupport):
         self._checkpoints: dict[Any, Checkpoint] = {}
         self._build_errors: dict[Any, QuantError] = {}  # a build that failed fails its other tests without a rebuild
         self._bases: dict[str, tuple[Path, Any]] = {}
+        self._shapes: dict[str, Any] = {}
         self._checked: set[Case] = set()
         self.planned: dict[Target, dict[EvalRun, set[int]]] = {}
         self._results: dict[tuple[Target, EvalRun], ItemResults] = {}
@@ -217,18 +218,23 @@ class QuantSession(SchemeSupport):
             self._bases[model] = materialize(resolve_model(model), self.store, rebuild=False)
         return self._bases[model]
 
+    def shape(self, model: str) -> Any:
+        """The base model's modules on the meta device (what recipe checks read), made once per model."""
+        if model not in self._shapes:
+            self._shapes[model] = _shape_model(self.base(model)[0], self.trust_remote_code)
+        return self._shapes[model]
+
     def check_build(self, case: Case) -> None:
         """Refuse, before any test runs, a case whose model cannot be had (an offline hub id) or whose recipe
         cannot quantize it (a group size that divides no layer, an ignore list that leaves no layer, AWQ on batches)."""
         if case.checkpoint or case in self._checked:
             return
-        from pytest_quant.build.checkpoint import _shape_model, batch_size
+        from pytest_quant.build.checkpoint import batch_size
         from pytest_quant.build.recipes import check_shapes
 
         recipe = self.recipe(case.scheme)
         batch_size(self.calibration(), self.compute, recipe)  # a batch the recipe's algorithm cannot calibrate on
-        base_path, _ = self.base(case.model)
-        check_shapes(_shape_model(base_path, self.trust_remote_code), recipe)
+        check_shapes(self.shape(case.model), recipe)
         self._checked.add(case)
 
     def checkpoint(self, case: Case) -> Checkpoint:

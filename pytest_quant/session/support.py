@@ -55,11 +55,10 @@ class SchemeSupport:
         """The group (or block) size ``--quant-group-size auto`` gives each scheme on this session's models, where
         they agree; None (ask about the preset's) where they differ or a model has none (its build says why). vLLM
         answers per group: W4AFP8 runs at 128 only, which SmolLM2's 576 columns cannot take (seen on an H100)."""
-        from pytest_quant.build.checkpoint import _shape_model
         from pytest_quant.build.recipes import check_shapes
 
         models = [] if self.settings.get("checkpoint") else self.settings.get("model")
-        shapes = [_shape_model(self.base(m)[0], self.trust_remote_code) for m in models]
+        shapes = [self.shape(m) for m in models]
         out: dict[str, int | None] = {}
         for name in names:
             try:
