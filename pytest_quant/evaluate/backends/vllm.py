@@ -138,7 +138,7 @@ class VllmBackend(Backend):
     gpu_memory: float | None = None  # share of the card per engine; None: sized to the model (vllm_memory.plan)
     engine_mode: str = "auto"  # auto and eager: enforce_eager; compiled: torch.compile and CUDA graphs
     compile_cache: str | None = None  # vLLM's compile cache (VLLM_CACHE_ROOT) in the store (for_device)
-    support: dict[str, dict[str, str]] | None = field(default=None, compare=False)  # vLLM's answer (for_device)
+    support: dict[str, dict[str, Any]] | None = field(default=None, compare=False)  # vLLM's answer (for_device)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "VllmBackend":
@@ -170,8 +170,6 @@ class VllmBackend(Backend):
             return {}
 
         entry = store.get_or_create("vllm-support", material, ask, label="vLLM's scheme support")
-        if device.kind == "cuda":
-            self.prestart(store)  # vLLM imported while builds run (started already where the session began)
         answers = json.loads((entry.path / "support.json").read_text())
         for name, answer in answers.items():  # what the scheme asks of activations, for note()
             answer["quantizes_activations"] = bool(schemes.get(name, {}).get("group", {}).get("input_activations"))
@@ -182,6 +180,7 @@ class VllmBackend(Backend):
         return replace(self, compile_cache=str(store.root / "vllm-compile-cache"))
 
     def prestart(self, store: Any) -> None:
+        """A spare runner importing vLLM now (QuantSession.start), with the environment evaluations will ask for."""
         ENGINES.prestart(self.python or "", self._in(store).env("cuda", {}), self.name)
 
     def supports(self, scheme: str | None, device: Any) -> str | None:
