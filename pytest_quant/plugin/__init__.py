@@ -19,7 +19,7 @@ from pytest_quant.plugin.report import passed, table, write_report, write_summar
 from pytest_quant.plugin.rows import conclude, mark_quant_item
 from pytest_quant.plugin.stash import BASELINE, COLLECTOR, MARKED_REFUSALS, PLANS, REFUSED, SESSION, SPECS
 from pytest_quant.plugin.summary import flip_lines
-from pytest_quant.session import gate_runs
+from pytest_quant.session import ahead, gate_runs
 from pytest_quant.session.markers import MARKERS, parse_markers
 from pytest_quant.session.markers import RecipeSpec as RecipeMarker
 from pytest_quant.session.session import Case, QuantSession
@@ -156,6 +156,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             item.stash[PLANS] = _plans(qs, specs, case)
     except QuantError as e:
         activation.refuse(config, str(e))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """The tests begin: on a GPU, evaluations start ahead of the tests that need them (session/ahead.py)."""
+    if SESSION in session.config.stash and not session.config.option.collectonly:
+        try:
+            ahead.start(_session(session.config))
+        except QuantError:
+            pass  # the tests that need what failed raise it themselves
 
 
 def _plans(qs: QuantSession, specs: dict[str, list[Any]], case: Case) -> dict[str, list[gate_runs.GatePlan]]:

@@ -22,6 +22,7 @@ from pytest_quant.evaluate.gpu_memory import gpu_work
 from pytest_quant.evaluate.fidelity import fidelity
 from pytest_quant.infra.hardware import Device, detect_device, xdist_worker
 from pytest_quant.build.models import as_is, materialize, resolve_model
+from pytest_quant.session.ahead import Ahead, evaluate_ahead
 from pytest_quant.session.settings import Settings
 from pytest_quant.session.support import SchemeSupport
 from pytest_quant.build.recipes import RecipeSpec, parse_recipe
@@ -105,6 +106,7 @@ class QuantSession(SchemeSupport):
         self._checked: set[Case] = set()
         self.planned: dict[Target, dict[EvalRun, set[int]]] = {}
         self._results: dict[tuple[Target, EvalRun], ItemResults] = {}
+        self._ahead: Ahead[dict[EvalRun, ItemResults]] = Ahead()
 
     # -- environment -------------------------------------------------------------------------
     @property
@@ -240,17 +242,20 @@ class QuantSession(SchemeSupport):
     def checkpoint(self, case: Case) -> Checkpoint:
         return self.build(Target.of(case))
 
+    def _build_key(self, target: Target) -> Any:
+        return target.model, target.recipe or self.recipe(target.scheme or ""), target.calibration or self.calibration()
+
     def build(self, target: Target) -> Checkpoint:
-        """The checkpoint of ``target``: the given directory, or built (once) with its recipe."""
+        """The checkpoint of ``target``: the given directory, or built (once) with its recipe; its planned
+        evaluations start ahead once it is there (session/ahead.py)."""
         assert target.scheme is not None
         if target.checkpoint:
             key: Any = target.checkpoint
             if key not in self._checkpoints:
                 self._checkpoints[key] = given_checkpoint(Path(target.checkpoint), target.model, target.scheme)
             return self._checkpoints[key]
-        recipe = target.recipe or self.recipe(target.scheme)
-        calibration = target.calibration or self.calibration()
-        key = (target.model, recipe, calibration)
+        key = self._build_key(target)
+        recipe, calibration = key[1], key[2]
         if key in self._build_errors:
             raise self._build_errors[key]
         if key not in self._checkpoints:
@@ -265,6 +270,9 @@ class QuantSession(SchemeSupport):
             except QuantError as e:
                 self._build_errors[key] = e
                 raise
+            for other in list(self.planned):
+                if other.scheme and not other.checkpoint and not other.as_is and self._build_key(other) == key:
+                    evaluate_ahead(self, other)
         return self._checkpoints[key]
 
     def path(self, target: Target) -> Path:
@@ -298,21 +306,30 @@ class QuantSession(SchemeSupport):
         """Remember items a later test will need, so one model load serves them all."""
         self.planned.setdefault(target, {}).setdefault(run, set()).update(ids)
 
+    def _wanted(self, target: Target) -> dict[EvalRun, list[int]]:
+        """The planned items of ``target`` not held yet, each run with the items it holds (one request, one key)."""
+        wanted: dict[EvalRun, list[int]] = {}
+        for r, planned in self.planned.get(target, {}).items():
+            have = set(self._results[(target, r)].items) if (target, r) in self._results else set()
+            if planned - have:
+                wanted[r] = sorted(planned | have)
+        return wanted
+
+    def _evaluate(self, target: Target, wanted: dict[EvalRun, list[int]]) -> dict[EvalRun, ItemResults]:
+        limit_threads()
+        return self.evaluator(target.backend).evaluate(
+            self.path(target), wanted, gpus=self.settings.get("eval_gpus", dict(target.gpus)),
+            engine=dict(target.engine), label=target.label)
+
     def items(self, target: Target, run: EvalRun, ids: list[int]) -> ItemResults:
-        """Per-item results of ``run`` on ``target`` for ``ids``; planned runs of the target come along."""
+        """Per-item results of ``run`` on ``target`` for ``ids``; planned runs of the target come along (or came, in
+        the evaluation started ahead, which this waits for)."""
+        self._results.update({(target, r): v for r, v in (self._ahead.take(target) or {}).items()})
         held = self._results.get((target, run))
         if held is None or not set(ids) <= set(held.items):
-            wanted: dict[EvalRun, list[int]] = {}
-            for r, planned in self.planned.get(target, {}).items():
-                have = self._results.get((target, r))
-                todo = planned - set(have.items if have else ())
-                if todo:
-                    wanted[r] = sorted(todo | set(have.items if have else ()))
+            wanted = self._wanted(target)
             wanted[run] = sorted(set(ids) | set(wanted.get(run, [])) | set(held.items if held else ()))
-            limit_threads()
-            results = self.evaluator(target.backend).evaluate(self.path(target), wanted, gpus=self.settings.get("eval_gpus", dict(target.gpus)),
-                                              engine=dict(target.engine), label=target.label)
-            self._results.update({(target, r): v for r, v in results.items()})
+            self._results.update({(target, r): v for r, v in self._evaluate(target, wanted).items()})
             held = self._results[(target, run)]
         return dataclasses.replace(held, items={i: held.items[i] for i in ids})
 

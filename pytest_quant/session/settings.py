@@ -141,6 +141,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("engine_mode", "how vLLM starts on a GPU: 'auto' or 'eager' (no compilation: at a gate's item counts it "
            "costs more than it saves, docs/GPU.md), 'compiled' (torch.compile and CUDA graphs, vLLM's compile cache "
            "kept in the store)", Literal["auto", "eager", "compiled"], "auto"),
+    Option("ahead", "on a GPU, evaluate each model as soon as it is ready, beside the builds and the other engines "
+           "(vLLM's engines are processes of their own): 'auto' (without pytest-xdist every checkpoint is built when the "
+           "tests start) or 'off' (each evaluation when its first test asks)", Literal["auto", "off"], "auto"),
     Option("eval_timeout", "seconds one evaluation subprocess may run", Positive, 1800.0),
     Option("device", "device for builds and transformers evaluation: auto, cpu or cuda", Literal["auto", "cpu", "cuda"],
            "auto"),

@@ -79,18 +79,23 @@ trap 'kill $sampler 2>/dev/null; python3 scripts/gpu/peak_memory.py "/tmp/gpu-me
 PYTEST=(python3 -m pytest -p pytest_quant.plugin -p no:cacheprovider -q -o log_cli=true --log-cli-level=INFO
         --log-cli-format "%(asctime)s %(message)s" --log-cli-date-format "%H:%M:%S")
 case "$phase" in
-  suite)     # suite [N [S]]: the shipped suite (guide profile, vLLM) on an empty store; N > 0: N xdist workers on this
-             # GPU; at most S s
-    n=${2:-0}; t=${3:-300}; name=suite-vllm${2:+-n$n}; SECONDS=0
+  suite)     # suite [N [S [LABEL [ARGS...]]]]: the shipped suite (guide profile, vLLM) on an empty store; N > 0: N xdist
+             # workers on this GPU; at most S s; LABEL names the run, ARGS go to pytest (e.g. off --quant-ahead off)
+    n=${2:-0}; t=${3:-300}; label=${4:-}; name=suite-vllm${2:+-n$n}${label:+-$label}; SECONDS=0
     xd=(); [ "$n" -gt 0 ] && xd=(-n "$n" --dist loadgroup)
-    # 10 s before the limit: each vLLM runner writes its threads' stacks into its log, and the logs come back
-    (sleep $((t - 10)); pkill -USR1 -f "lm_runner.py --serve"; sleep 3
-     tar -czf "$OUT/engines-$name.tgz" /tmp/pytest-quant-engine-*) >/dev/null 2>&1 &
+    # The runners' logs (vLLM's own timings), copied every 2 s before a closed engine removes its own; 10 s before the
+    # limit each runner writes its threads' stacks into its log
+    rm -rf /tmp/engine-logs; mkdir -p /tmp/engine-logs
+    (while sleep 2; do for d in /tmp/pytest-quant-engine-*; do cp "$d/vllm.log" "/tmp/engine-logs/${d##*/}.log"; done
+     done) >/dev/null 2>&1 &
+    copier=$!
+    (sleep $((t - 10)); pkill -USR1 -f "lm_runner.py --serve") >/dev/null 2>&1 &
     watcher=$!
     QUANT_CACHE_DIR=/tmp/quant-cache-$name timeout "$t" "${PYTEST[@]}" --pyargs pytest_quant.suite --quant-profile guide \
-      --quant-group-size auto --quant-backend vllm --quant-report "$OUT/$name.json" "${xd[@]}" 2>&1 \
+      --quant-group-size auto --quant-backend vllm --quant-report "$OUT/$name.json" "${xd[@]}" "${@:5}" 2>&1 \
       | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" > "$OUT/$name.log"
     echo "[gpu] $name: exit ${PIPESTATUS[0]} in ${SECONDS}s" | tee -a "$OUT/$name.log"; kill $watcher 2>/dev/null
+    sleep 2; kill $copier 2>/dev/null; tar -C /tmp -czf "$OUT/engines-$name.tgz" engine-logs 2>/dev/null
     grep -E "took|PASS|FAIL|ERROR" "$OUT/$name.log" | cut -c1-300 | tail -25
     ;;
   compare)

@@ -64,7 +64,7 @@ for line in sys.stdin:
         import faulthandler, signal
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         time.sleep(600)
-    time.sleep(0.5)
+    time.sleep(2.0 if mode == "slow" else 0.5)  # "slow": long enough to see two engines answer at once
     runs = {{r["id"]: {{"items": {{str(i): {{"acc": float(i % 2)}} for i in r["samples"]}}, "bos_prefix_counts": {{"1": 10}},
                         "seconds": 0.1}} for r in request["runs"]}}
     json.dump({{"runs": runs, "versions": {{"lm_eval": "0.4.13"}}, "load_seconds": 0.1, "seconds": 0.2,

@@ -125,6 +125,26 @@ def test_a_gpu_engine_asks_for_what_its_model_needs(tmp_path) -> None:
     assert VllmBackend(engine_mode="compiled").model_args(tmp_path, "cpu", 1, {})["enforce_eager"] is False
 
 
+def test_a_gpu_engine_is_given_its_kv_cache_in_bytes_unless_a_share_is_asked(tmp_path, monkeypatch) -> None:
+    """vLLM sizes the KV cache by profiling the card's free memory, which an engine or a build starting beside it
+    changes (evaluations ahead, session/ahead.py): sized here, it is given in bytes; a share asked by the option or
+    a config's engine fields leaves vLLM its own sizing."""
+    from pytest_quant.evaluate.backends import vllm
+    from pytest_quant.evaluate.backends.vllm_memory import plan
+
+    monkeypatch.setattr(vllm, "card_gib", lambda: 79.2)  # the unit tier imports no torch
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 30, "num_attention_heads": 9,
+                                                      "num_key_value_heads": 3, "hidden_size": 576}))
+    args = vllm.VllmBackend(python="python").model_args(tmp_path, "cuda", 1, {})
+    assert args["kv_cache_memory_bytes"] == plan(tmp_path, 2048, 79.2).kv_bytes == 2 * 30 * 3 * 64 * 2 * 32768
+    assert args["gpu_memory_utilization"] == plan(tmp_path, 2048, 79.2).share
+    assert "kv_cache_memory_bytes" not in vllm.VllmBackend(python="python", gpu_memory=0.3).model_args(
+        tmp_path, "cuda", 1, {})
+    assert "kv_cache_memory_bytes" not in vllm.VllmBackend(python="python").model_args(
+        tmp_path, "cuda", 1, {"gpu_memory_utilization": 0.5})
+    assert "kv_cache_memory_bytes" not in vllm.VllmBackend(python="python").model_args(tmp_path, "cpu", 1, {})
+
+
 def test_engine_reservation_is_read_from_vllms_log() -> None:
     from pytest_quant.evaluate.engine import reserved
 
@@ -135,6 +155,9 @@ def test_engine_reservation_is_read_from_vllms_log() -> None:
     assert reserved(log) == {"weights_gib": 0.2637, "kv_cache_gib": 1.21, "kv_cache_tokens": 56496.0,
                              "engine_init_seconds": 3.41}
     assert reserved("nothing") == {}
+    given = ("INFO 12-06 [gpu_worker.py:469] Initial free memory 70.95 GiB, reserved 0.70 GiB memory for KV Cache as "
+             "specified by kv_cache_memory_bytes config and skipped memory profiling.")
+    assert reserved(given) == {"kv_cache_gib": 0.70}
 
 
 def test_which_kv_cache_scales_vllm_used_is_read_from_its_log() -> None:

@@ -18,6 +18,7 @@ class Backend:
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""  # how messages name it ("vLLM", "transformers")
     chosen: ClassVar[str] = "available"  # why ``auto`` took it, when nothing before it was refused
+    concurrent: ClassVar[bool] = False  # its models run in processes of their own: evaluations may overlap builds
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Backend":

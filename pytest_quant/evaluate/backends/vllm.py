@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -133,6 +134,7 @@ class VllmBackend(Backend):
     name: ClassVar[str] = "vllm"
     title: ClassVar[str] = "vLLM"
     chosen: ClassVar[str] = "vLLM interpreter configured"
+    concurrent: ClassVar[bool] = True
     python: str | None = None
     cpu_w4a8: bool = False
     gpu_memory: float | None = None  # share of the card per engine; None: sized to the model (vllm_memory.plan)
@@ -165,8 +167,11 @@ class VllmBackend(Backend):
                     "probe": digest(SCHEME_PROBE), "act_dtype": act, "cpu": signature()["isa"]}
 
         def ask(out: Path) -> dict[str, Any]:
+            start = time.perf_counter()
+            store.log(f"asking vLLM which kernel runs each of {len(schemes)} schemes here")
             answer = probe_schemes(self.python or "", capability, json.dumps(schemes, sort_keys=True), act)
             (out / "support.json").write_text(json.dumps(answer))
+            store.log(f"vLLM answered in {time.perf_counter() - start:.1f}s")
             return {}
 
         entry = store.get_or_create("vllm-support", material, ask, label="vLLM's scheme support")
@@ -223,10 +228,16 @@ class VllmBackend(Backend):
             if config.is_file() else None
         if kv and kv.get("type") == "float" and kv.get("num_bits") == 8:
             args["kv_cache_dtype"] = "fp8"  # the checkpoint's calibrated KV scales (vLLM reads k_scale/v_scale)
-        if device != "cpu":
-            args["gpu_memory_utilization"] = self.gpu_memory or plan(
-                path, int(engine.get("max_model_len", args["max_model_len"])), card_gib(),
-                engine.get("kv_cache_dtype", args.get("kv_cache_dtype"))).share
+        if device != "cpu" and self.gpu_memory:
+            args["gpu_memory_utilization"] = self.gpu_memory
+        elif device != "cpu":
+            memory = plan(path, int(engine.get("max_model_len", args["max_model_len"])), card_gib(),
+                          engine.get("kv_cache_dtype", args.get("kv_cache_dtype")))
+            args["gpu_memory_utilization"] = memory.share
+            if "gpu_memory_utilization" not in engine:
+                # vLLM sizes the KV cache by profiling the whole card's free memory, which another engine or a build
+                # starting beside it changes: given in bytes, it is the same however busy the card is
+                args["kv_cache_memory_bytes"] = memory.kv_bytes
         return args
 
     def check(self, path: Path, gpus: int) -> None:

@@ -27,6 +27,7 @@ class MemoryPlan:
     weights_gib: float
     kv_tokens: int
     kv_gib: float
+    kv_bytes: int  # what vLLM's kv_cache_memory_bytes is given: the KV cache no profile of a shared card can shrink
     overhead_gib: float
     total_gib: float
     share: float
@@ -61,8 +62,10 @@ def plan(path: Path, max_model_len: int, total_gib: float, kv_cache_dtype: str |
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     weights = weights_bytes(path) / GIB
     tokens = max(KV_TOKENS, 2 * max_model_len)
-    kv = kv_bytes_per_token(config, kv_cache_dtype) * tokens / GIB
+    kv_bytes = kv_bytes_per_token(config, kv_cache_dtype) * tokens
+    kv = kv_bytes / GIB
     overhead = OVERHEAD_GIB + OVERHEAD_PER_WEIGHT * weights
     need = weights + kv + overhead
     share = MAX_SHARE if total_gib <= 0 else min(MAX_SHARE, max(MIN_SHARE, -(-need / total_gib * 1000 // 1) / 1000))
-    return MemoryPlan(round(weights, 3), tokens, round(kv, 3), round(overhead, 2), round(total_gib, 1), share)
+    return MemoryPlan(round(weights, 3), tokens, round(kv, 3), kv_bytes, round(overhead, 2), round(total_gib, 1),
+                      share)
