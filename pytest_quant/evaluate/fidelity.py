@@ -20,12 +20,15 @@ PROMPTS = Path(__file__).parents[1] / "data" / "prompts.jsonl"
 def _load(path: Path, device: str) -> Any:
     """A model in float32; a compressed-tensors checkpoint decompressed at load (its activations still fake-quantized
     where its scheme quantizes them): FP4 formats decompress their weights to bfloat16 whatever the model's dtype,
-    which float32 activations cannot meet (seen on CPU and H100 for NVFP4A16, NVFP4, MXFP4A16)."""
+    which float32 activations cannot meet (seen on CPU and H100 for NVFP4A16, NVFP4, MXFP4A16). On a GPU it is loaded
+    there (``device_map``): decompressed on the CPU and moved, its logits came back on the CPU (H100, 2026-12-06)."""
     import torch
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
     quantized = "quantization_config" in json.loads((path / "config.json").read_text())
-    extra = {"quantization_config": CompressedTensorsConfig(dequantize=True)} if quantized else {}
+    extra: dict[str, Any] = {"quantization_config": CompressedTensorsConfig(dequantize=True)} if quantized else {}
+    if device != "cpu":
+        extra["device_map"] = device
     with warnings.catch_warnings():  # transformers' notice that the checkpoint's config is kept, but for dequantize
         warnings.filterwarnings("ignore", message="You passed `quantization_config`", category=UserWarning)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **extra)
@@ -43,7 +46,7 @@ def _measure(base: Path, quantized: Path, num_prompts: int, max_tokens: int, dev
     with torch.no_grad():
         for text in texts:
             ids = tok(text, return_tensors="pt", truncation=True, max_length=max_tokens).input_ids.to(device)
-            logp_base, logp_q = (torch.log_softmax(m(ids).logits[0].float(), -1) for m in models)
+            logp_base, logp_q = (torch.log_softmax(m(ids).logits[0].float().to(device), -1) for m in models)
             kl.append(torch.sum(logp_base.exp() * (logp_base - logp_q), -1).mean().item())
             top1.append((logp_base.argmax(-1) == logp_q.argmax(-1)).float().mean().item())
             tokens += ids.shape[1]
