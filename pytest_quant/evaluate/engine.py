@@ -80,11 +80,25 @@ def run_config(env: dict[str, str], backend: str) -> str:
 # running test in PYTEST_CURRENT_TEST, llm-compressor's oneshot sets TOKENIZERS_PARALLELISM at the first build. A
 # spare runner started before either changed is still the runner asked for (it was discarded at every GPU evaluation).
 VOLATILE = ("PYTEST_CURRENT_TEST", "TOKENIZERS_PARALLELISM")
+# Libraries the pytest process imports after a spare started add variables of their own (torch's OpenMP:
+# KMP_INIT_AT_FORK, KMP_DUPLICATE_LIB_OK; TORCHINDUCTOR_CACHE_DIR): the spare's own imports set them for itself, and
+# it is still the runner asked for (the session's first spare was discarded on an H100 for them, 2026-12-06). A
+# variable added with one of these prefixes is one vLLM, CUDA or the hub client reads: then it is another runner.
+READ_BY_RUNNER = ("VLLM_", "CUDA_", "NCCL_", "HF_", "TRANSFORMERS_", "LD_", "PYTHON")
 
 
 def identity(python: str, env: dict[str, str], backend: str) -> tuple[str, dict[str, str], str]:
     """What makes two runners the same: the interpreter, the environment but for VOLATILE, the backend."""
     return python, {k: v for k, v in env.items() if k not in VOLATILE}, backend
+
+
+def same_runner(started: tuple[str, dict[str, str], str], asked: tuple[str, dict[str, str], str]) -> bool:
+    """Whether a runner started as ``started`` (an identity) serves one asked for as ``asked``: the same interpreter
+    and backend, every variable it started with unchanged, and none added since that a runner reads."""
+    (python, env, backend), (asked_python, asked_env, asked_backend) = started, asked
+    added = set(asked_env) - set(env)
+    return (python, backend) == (asked_python, asked_backend) and all(asked_env.get(k) == v for k, v in env.items()) \
+        and not any(k.startswith(READ_BY_RUNNER) for k in added)
 
 
 class Engine:
@@ -255,7 +269,8 @@ class EnginePool:
     def _take_spare(self, python: str, env: dict[str, str], backend: str) -> Engine:
         """The spare runner when it was started with this interpreter and environment, else a new runner."""
         spare, self.spare = self.spare, None
-        if spare is not None and spare.started_as == identity(python, env, backend) and spare.proc.poll() is None:
+        if spare is not None and same_runner(spare.started_as, identity(python, env, backend)) \
+                and spare.proc.poll() is None:
             return spare
         if spare is not None:
             spare.close()

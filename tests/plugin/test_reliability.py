@@ -407,6 +407,9 @@ def test_on_a_gpu_the_next_model_loads_in_a_spare_runner_that_imported_vllm_mean
     from pytest_quant.evaluate.engine import ENGINES
 
     python, env = fake_vllm(tmp_path, "ok"), dict(os.environ)
+    added = {"KMP_INIT_AT_FORK": "FALSE", "KMP_DUPLICATE_LIB_OK": "True", "TORCHINDUCTOR_CACHE_DIR": "/tmp/inductor"}
+    for name in added:  # as before torch was imported (this test process has imported it)
+        env.pop(name, None)
 
     def ask(model: str, device: str) -> None:
         request = {"model_args": {"pretrained": model, "gpu_memory_utilization": 0.05},
@@ -416,13 +419,18 @@ def test_on_a_gpu_the_next_model_loads_in_a_spare_runner_that_imported_vllm_mean
     ask("a", "cuda")
     spare = ENGINES.spare
     assert spare is not None and spare.proc.poll() is None
-    # what pytest and llm-compressor change in os.environ between two tests does not make it another runner
-    env.update(PYTEST_CURRENT_TEST="test_accuracy[W8A8] (call)", TOKENIZERS_PARALLELISM="false")
+    # what pytest and llm-compressor change in os.environ between two tests, and the variables torch's imports add to
+    # it, do not make it another runner (the session's first spare was discarded for the latter on an H100)
+    env.update(PYTEST_CURRENT_TEST="test_accuracy[W8A8] (call)", TOKENIZERS_PARALLELISM="false", **added)
     ask("b", "cuda")
     assert spare in ENGINES.engines.values() and ENGINES.spare is not spare
     env["VLLM_USE_V1"] = "0"  # a variable vLLM reads does
     spare = ENGINES.spare
     ask("c", "cuda")
+    assert spare not in ENGINES.engines.values()
+    env["KMP_INIT_AT_FORK"] = "TRUE"  # and so does a change to one the runner started with
+    spare = ENGINES.spare
+    ask("e", "cuda")
     assert spare not in ENGINES.engines.values()
     ENGINES.close()
     assert not ENGINES.engines and ENGINES.spare is not None
