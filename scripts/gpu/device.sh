@@ -3,7 +3,8 @@
 # about 30 s between calls and keeps /tmp. scripts/gpu/prepare.sh (here) cut the wheels into .gpu/part.NN.
 #   1..N. carry [".gpu/part.K", ".gpu/stage.sha256", ".gpu/parts.txt"]:  bash scripts/gpu/device.sh stage
 #         (the call that brings the last part also assembles and installs)
-#   then: bash scripts/gpu/device.sh suite        the shipped suite with vLLM, guide profile, raw log and report
+#   then: bash scripts/gpu/device.sh suite [N [S [LABEL [ARGS...]]]]  the shipped suite with vLLM, guide profile,
+#                                                 raw log, report and the engines' logs (N xdist workers, S s at most)
 #         bash scripts/gpu/device.sh compare      the accuracy gates with transformers on the same GPU, the engine
 #                                                 pool tests (tests/gpu/test_gpu_vllm.py), vLLM's kernel choice per
 #                                                 capability (7.5, 8.0, 9.0)
