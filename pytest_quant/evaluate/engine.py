@@ -37,7 +37,8 @@ KV_SCALES = re.compile(r"^(?=.*(?:KV cache scaling factor|k/v_scale|\bk_scale\b|
 # cache's line is "Available KV cache memory" when vLLM profiled the card, "reserved X GiB memory for KV Cache" when it
 # was given kv_cache_memory_bytes (vLLM 0.26 and 0.32)
 RESERVED = {"weights_gib": re.compile(r"Model loading took ([\d.]+) ?GiB"),
-            "kv_cache_gib": re.compile(r"Available KV cache memory: ([\d.]+) ?GiB|reserved ([\d.]+) ?GiB memory for KV"),
+            "kv_cache_gib": re.compile(r"Available KV cache memory: ([\d.]+) ?GiB"
+                                       r"|reserved ([\d.]+) ?GiB memory for KV"),
             "kv_cache_tokens": re.compile(r"GPU KV cache size: ([\d,]+) tokens"),
             "engine_init_seconds": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)")}
 
@@ -149,8 +150,8 @@ class Engine:
         text = self.text()
         response["kernels"] = sorted(set(KERNEL.findall(text)) | set(response.get("layer_kernels", [])))
         response["kv_cache"] = sorted({" ".join(m.split()) for m in KV_SCALES.findall(text)})[:3]
-        response["engine"] = {**{k: v for k, v in request["model_args"].items()
-                                 if k in ("enforce_eager", "gpu_memory_utilization", "kv_cache_memory_bytes")}, **reserved(text)}
+        asked = ("enforce_eager", "gpu_memory_utilization", "kv_cache_memory_bytes")
+        response["engine"] = {**{k: v for k, v in request["model_args"].items() if k in asked}, **reserved(text)}
         if str(request["model_args"].get("kv_cache_dtype", "")).startswith("fp8"):
             response["engine"]["kv_cache_scales"] = kv_scales_used(text)
         return response
@@ -187,11 +188,12 @@ GPU_SHARE = 0.9
 class EnginePool:
     """Live vLLM runners by (interpreter, model arguments, environment): a model loads once per session.
 
-    Thread-safe: a session's evaluations started ahead (session/prefetch.py) ask it from threads of their own, each on
+    Thread-safe: a session's evaluations started ahead (session/ahead.py) ask it from threads of their own, each on
     its own engine, at the same time; an engine answers one request at a time (a second asker of the same model waits
     for it). At most ``KEEP_ENGINES`` idle engines stay alive (the least recently used one is closed), and on a GPU
-    the live engines' shares of the card stay within ``GPU_SHARE`` (a new engine waits for busy ones). On a GPU a spare runner is started beside each new engine: it
-    imports vLLM and lm-eval while the session builds or evaluates, and the next model loads in it.
+    the live engines' shares of the card stay within ``GPU_SHARE`` (a new engine waits for busy ones). On a GPU a
+    spare runner is started beside each new engine: it imports vLLM and lm-eval while the session builds or
+    evaluates, and the next model loads in it.
     """
 
     def __init__(self) -> None:

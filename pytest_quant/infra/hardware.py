@@ -113,3 +113,14 @@ def worker_gpus(worker: int, workers: int, gpus: list[str]) -> list[str]:
     if per == 0:
         return [gpus[worker % len(gpus)]]
     return gpus[worker * per:(worker + 1) * per]
+
+
+def limit_threads() -> None:
+    """Give each pytest-xdist worker its share of the cores, so two workers do not oversubscribe two."""
+    workers = xdist_worker()[1]
+    if workers > 1:
+        import os
+
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

@@ -4,8 +4,9 @@ On a GPU, where the backend's engines are processes of their own (vLLM: ``Backen
 items are evaluated in a thread as soon as the model is ready (the base model when the tests start, a checkpoint when
 its build ends), beside the next build and the other engines; the test that needs them waits for that thread. The
 items asked are the plan's, so each request, and each answer, is the one the first test of the model would have made
-(:meth:`pytest_quant.session.session.QuantSession.items`). Without pytest-xdist every planned checkpoint is built when
-the tests start, so that the builds overlap the evaluations too (a worker of pytest-xdist builds only its own cases).
+(:meth:`pytest_quant.session.evaluations.Evaluations.items`). Without pytest-xdist every planned checkpoint is built
+when the tests start, so that the builds overlap the evaluations too (a worker of pytest-xdist builds only its own
+cases).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Hashable, TypeVar
 
 from pytest_quant.infra.errors import QuantError
 from pytest_quant.infra.hardware import xdist_worker
+from pytest_quant.infra.store import log_info
 
 if TYPE_CHECKING:
     from pytest_quant.session.session import QuantSession, Target
@@ -79,9 +81,12 @@ def start(session: QuantSession) -> None:
             evaluate_ahead(session, target)
     if not overlaps(session) or xdist_worker()[1] > 1:
         return
-    for target in list(session.planned):
-        if target.scheme and not target.checkpoint and not target.as_is:
-            try:
-                session.build(target)
-            except QuantError:
-                pass  # remembered by the session (_build_errors): raised again in each test of the case
+    builds = [t for t in session.planned if t.scheme and not t.checkpoint and not t.as_is]
+    if builds:
+        log_info(f"building the {len({session._build_key(t) for t in builds})} planned checkpoints now, each evaluated "
+                 "as soon as it is built, beside the next build (--quant-ahead off: each when its first test asks)")
+    for target in builds:
+        try:
+            session.build(target)
+        except QuantError:
+            pass  # remembered by the session (_build_errors): raised again in each test of the case

@@ -7,8 +7,6 @@ one model load per evaluation round.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,20 +15,18 @@ from pytest_quant.build.checkpoint import Checkpoint, _shape_model, build_checkp
 from pytest_quant.build.calibration import CalibrationSpec
 from pytest_quant.infra.errors import QuantError, QuantUsageError
 from pytest_quant.evaluate.backends import Backend, get_backend, resolve
-from pytest_quant.evaluate.evaluator import EvalRun, Evaluator, ItemResults
+from pytest_quant.evaluate.evaluator import EvalRun, ItemResults
 from pytest_quant.evaluate.gpu_memory import gpu_work
-from pytest_quant.evaluate.fidelity import fidelity
-from pytest_quant.infra.hardware import Device, detect_device, xdist_worker
+from pytest_quant.infra.hardware import Device, detect_device, limit_threads
 from pytest_quant.build.models import as_is, materialize, resolve_model
 from pytest_quant.session.ahead import Ahead, evaluate_ahead
 from pytest_quant.session.settings import Settings
+from pytest_quant.session.evaluations import Evaluations
 from pytest_quant.session.support import SchemeSupport
 from pytest_quant.build.recipes import RecipeSpec, parse_recipe
 from pytest_quant.build.schemes import default_algorithm
-from pytest_quant.gate.stats import plan_looks
 from pytest_quant.infra.shared import SharedTier
 from pytest_quant.infra.store import Store, log_info
-from pytest_quant.evaluate.tasks import item_order, task_size
 
 
 @dataclass(frozen=True)
@@ -72,17 +68,9 @@ class Target:
         return f"{resolve_model(self.model).name}-{self.scheme or 'base'}"
 
 
-def limit_threads() -> None:
-    """Give each pytest-xdist worker its share of the cores, so two workers do not oversubscribe two."""
-    workers = xdist_worker()[1]
-    if workers > 1:
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-
-
-class QuantSession(SchemeSupport):
-    """One session's state; which backend runs each scheme here is :class:`SchemeSupport`'s."""
+class QuantSession(SchemeSupport, Evaluations):
+    """One session's state; which backend runs each scheme here is :class:`SchemeSupport`'s, how its models are
+    evaluated :class:`Evaluations`'."""
 
     def __init__(self, settings: Settings, cache_dir: Path | None, cache_problem: str | None = None) -> None:
         self.settings = settings
@@ -279,63 +267,3 @@ class QuantSession(SchemeSupport):
         if target.as_is:
             return as_is(resolve_model(target.model, quantized_ok=True), self.store)
         return self.base(target.model)[0] if target.scheme is None else self.build(target).path
-
-    # -- evaluation --------------------------------------------------------------------------
-    def evaluator(self, backend: str | None = None) -> Evaluator:
-        return Evaluator(self.store, self.backend_object(backend or self.backend), self.compute,
-                         self.settings.get("eval_timeout"), self.trust_remote_code, self.rebuild, self.device)
-
-    def run(self, task: str, marker: dict[str, Any] | None = None, add_bos_token: bool = True,
-            apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
-            gen_kwargs: str | None = None) -> EvalRun:
-        return EvalRun(task, num_fewshot=self.settings.get("num_fewshot", marker), add_bos_token=add_bos_token,
-                       apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
-                       gen_kwargs=gen_kwargs)
-
-    def order(self, task: str, marker: dict[str, Any] | None = None) -> list[int]:
-        """The task's items in the order gates draw them (seeded by --quant-item-seed)."""
-        return item_order(task, self.settings.get("item_seed", marker))
-
-    def looks(self, task: str, marker: dict[str, Any] | None = None) -> list[int]:
-        """Item counts at which a gate on ``task`` decides: ``limit``, doubled, up to ``max_items`` (never fewer
-        than ``limit``), all capped at the task's size."""
-        size, first = task_size(task), self.settings.get("limit", marker)
-        return plan_looks(min(first, size), min(max(first, self.settings.get("max_items", marker)), size))
-
-    def plan(self, target: Target, run: EvalRun, ids: list[int]) -> None:
-        """Remember items a later test will need, so one model load serves them all."""
-        self.planned.setdefault(target, {}).setdefault(run, set()).update(ids)
-
-    def _wanted(self, target: Target) -> dict[EvalRun, list[int]]:
-        """The planned items of ``target`` not held yet, each run with the items it holds (one request, one key)."""
-        wanted: dict[EvalRun, list[int]] = {}
-        for r, planned in self.planned.get(target, {}).items():
-            have = set(self._results[(target, r)].items) if (target, r) in self._results else set()
-            if planned - have:
-                wanted[r] = sorted(planned | have)
-        return wanted
-
-    def _evaluate(self, target: Target, wanted: dict[EvalRun, list[int]]) -> dict[EvalRun, ItemResults]:
-        limit_threads()
-        return self.evaluator(target.backend).evaluate(
-            self.path(target), wanted, gpus=self.settings.get("eval_gpus", dict(target.gpus)),
-            engine=dict(target.engine), label=target.label)
-
-    def items(self, target: Target, run: EvalRun, ids: list[int]) -> ItemResults:
-        """Per-item results of ``run`` on ``target`` for ``ids``; planned runs of the target come along (or came, in
-        the evaluation started ahead, which this waits for)."""
-        self._results.update({(target, r): v for r, v in (self._ahead.take(target) or {}).items()})
-        held = self._results.get((target, run))
-        if held is None or not set(ids) <= set(held.items):
-            wanted = self._wanted(target)
-            wanted[run] = sorted(set(ids) | set(wanted.get(run, [])) | set(held.items if held else ()))
-            self._results.update({(target, r): v for r, v in self._evaluate(target, wanted).items()})
-            held = self._results[(target, run)]
-        return dataclasses.replace(held, items={i: held.items[i] for i in ids})
-
-    def fidelity(self, case: Case) -> dict[str, Any]:
-        base_path, _ = self.base(case.model)
-        ck = self.checkpoint(case)
-        limit_threads()
-        with gpu_work(self.compute):
-            return fidelity(base_path, ck.path, self.store, device=self.compute, rebuild=self.rebuild)
