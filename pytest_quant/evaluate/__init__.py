@@ -11,7 +11,7 @@ import importlib.util
 from typing import Any
 
 
-HOLDERS = ("evaluator", "engine", "gpu_memory", "backends", "backends.vllm", "backends.transformers")
+HOLDERS = ("evaluator", "engine", "engine_pool", "gpu_memory", "backends", "backends.vllm", "backends.transformers")
 
 
 def __getattr__(name: str) -> Any:

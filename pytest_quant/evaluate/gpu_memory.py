@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from pytest_quant.evaluate import lm_runner
-from pytest_quant.evaluate.engine import ENGINES
+from pytest_quant.evaluate.engine_pool import ENGINES
 
 
 def release_models() -> None:

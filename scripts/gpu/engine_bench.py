@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
 from scaling import gpu_memory, make_model, measured  # noqa: E402
 
 from pytest_quant.build.models import materialize, resolve_model  # noqa: E402
-from pytest_quant.evaluate.engine import ENGINES  # noqa: E402
+from pytest_quant.evaluate.engine_pool import ENGINES  # noqa: E402
 from pytest_quant.evaluate.evaluator import EvalRun, evaluate  # noqa: E402
 from pytest_quant.evaluate.tasks import item_order  # noqa: E402
 from pytest_quant.infra.store import Store  # noqa: E402

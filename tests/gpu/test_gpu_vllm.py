@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from pytest_quant.build.calibration import CalibrationSpec
-from pytest_quant.evaluate.engine import ENGINES
+from pytest_quant.evaluate.engine_pool import ENGINES
 from pytest_quant.session.settings import Settings
 from pytest_quant.build.recipes import RecipeSpec
 from pytest_quant.session.session import Case, QuantSession, Target

@@ -1,4 +1,4 @@
-"""Evaluations ahead of the tests (session/ahead.py) and engines side by side (evaluate/engine.py): the session's own
+"""Evaluations ahead of the tests (session/ahead.py) and engines side by side (evaluate/engine_pool.py): the session's own
 logic on canned builds and evaluations, and the engine pool on the fake vLLM runner of test_reliability."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 from pytest_quant.build.checkpoint import Checkpoint
 from pytest_quant.build.models import resolve_model
 from pytest_quant.evaluate.backends.base import Backend
-from pytest_quant.evaluate.engine import ENGINES, EvaluationFailed
+from pytest_quant.evaluate.engine import EvaluationFailed
+from pytest_quant.evaluate.engine_pool import ENGINES
 from pytest_quant.evaluate.evaluator import EvalRun, ItemResults
 from pytest_quant.session import ahead
 from pytest_quant.session import session as session_module

@@ -404,7 +404,7 @@ def test_a_third_backend_is_one_class_in_the_entry_point_group(tmp_path: Path, m
 def test_on_a_gpu_the_next_model_loads_in_a_spare_runner_that_imported_vllm_meanwhile(tmp_path: Path) -> None:
     """A spare runner is started beside each new GPU engine and the next model loads in it; closing the engines
     (before in-process GPU work) keeps the spare, which holds no GPU memory; on a CPU no spare is started."""
-    from pytest_quant.evaluate.engine import ENGINES
+    from pytest_quant.evaluate.engine_pool import ENGINES
 
     python, env = fake_vllm(tmp_path, "ok"), dict(os.environ)
     added = {"KMP_INIT_AT_FORK": "FALSE", "KMP_DUPLICATE_LIB_OK": "True", "TORCHINDUCTOR_CACHE_DIR": "/tmp/inductor"}
@@ -478,7 +478,8 @@ def test_on_a_gpu_the_session_starts_its_spare_runner_before_collection_asks_any
     """The spare runner starts with the session (vLLM's import beside the base model's preparation and the support
     probe), as the runner the backend asks for later; on a CPU no spare is started."""
     from pytest_quant.evaluate.backends.vllm import VllmBackend
-    from pytest_quant.evaluate.engine import ENGINES, identity
+    from pytest_quant.evaluate.engine import identity
+    from pytest_quant.evaluate.engine_pool import ENGINES
     from pytest_quant.infra.hardware import Device
     from pytest_quant.session.session import QuantSession
     from pytest_quant.session.settings import Settings

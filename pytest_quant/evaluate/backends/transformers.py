@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar
 
 from pytest_quant.evaluate import lm_runner
 from pytest_quant.evaluate.backends.base import Backend
-from pytest_quant.evaluate.engine import ENGINES
+from pytest_quant.evaluate.engine_pool import ENGINES
 from pytest_quant.infra.machine import cpu_dtype
 from pytest_quant.infra.versions import versions
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar
 from pytest_quant.evaluate.backends.base import Backend
 from pytest_quant.evaluate.backends.vllm_memory import card_gib, plan
 from pytest_quant.evaluate.backends.vllm_probe import SCHEME_PROBE, probe_schemes
-from pytest_quant.evaluate.engine import ENGINES
+from pytest_quant.evaluate.engine_pool import ENGINES
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
 from pytest_quant.infra.exits import signal_note
 from pytest_quant.infra.hardware import xdist_worker
