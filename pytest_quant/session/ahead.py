@@ -71,6 +71,14 @@ def evaluate_ahead(session: QuantSession, target: Target) -> None:
         session._ahead.start(target, target.label, lambda: session._evaluate(target, wanted))
 
 
+def evaluate_built(session: QuantSession, key: Any) -> None:
+    """A checkpoint was just built (``key``: the session's build key): the planned targets it is the checkpoint of
+    start evaluating ahead, where evaluations overlap (nothing is asked of the recipes otherwise)."""
+    for target in list(session.planned):
+        if target.built and overlaps(session, target.backend) and session._build_key(target) == key:
+            evaluate_ahead(session, target)
+
+
 def start(session: QuantSession) -> None:
     """The tests begin: the planned evaluations of models that are ready start ahead, and without pytest-xdist every
     planned checkpoint is built now, each starting its own (a build that fails fails its tests later, as it would)."""
@@ -81,7 +89,7 @@ def start(session: QuantSession) -> None:
             evaluate_ahead(session, target)
     if not overlaps(session) or xdist_worker()[1] > 1:
         return
-    builds = [t for t in session.planned if t.scheme and not t.checkpoint and not t.as_is]
+    builds = [t for t in session.planned if t.built]
     if builds:
         log_info(f"building the {len({session._build_key(t) for t in builds})} planned checkpoints now, each evaluated "
                  "as soon as it is built, beside the next build (--quant-ahead off: each when its first test asks)")

@@ -19,7 +19,7 @@ from pytest_quant.evaluate.evaluator import EvalRun, ItemResults
 from pytest_quant.evaluate.gpu_memory import gpu_work
 from pytest_quant.infra.hardware import Device, detect_device, limit_threads
 from pytest_quant.build.models import as_is, materialize, resolve_model
-from pytest_quant.session.ahead import Ahead, evaluate_ahead
+from pytest_quant.session.ahead import Ahead, evaluate_built
 from pytest_quant.session.settings import Settings
 from pytest_quant.session.evaluations import Evaluations
 from pytest_quant.session.support import SchemeSupport
@@ -58,6 +58,11 @@ class Target:
     @classmethod
     def of(cls, case: Case, **kwargs: Any) -> "Target":
         return cls(case.model, case.scheme, checkpoint=case.checkpoint, **kwargs)
+
+    @property
+    def built(self) -> bool:
+        """A checkpoint this session builds (not a base model, a checkpoint given or a model taken as it is)."""
+        return bool(self.scheme) and not self.checkpoint and not self.as_is
 
     @property
     def label(self) -> str:
@@ -258,9 +263,7 @@ class QuantSession(SchemeSupport, Evaluations):
             except QuantError as e:
                 self._build_errors[key] = e
                 raise
-            for other in list(self.planned):
-                if other.scheme and not other.checkpoint and not other.as_is and self._build_key(other) == key:
-                    evaluate_ahead(self, other)
+            evaluate_built(self, key)
         return self._checkpoints[key]
 
     def path(self, target: Target) -> Path:
