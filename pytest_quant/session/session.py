@@ -142,7 +142,7 @@ class QuantSession(SchemeSupport, Evaluations):
         lets the backend begin what its first evaluation will wait for (Backend.prestart)."""
         log_info(f"pytest-quant on {self.device.describe()}, backend {self.backend}")
         if self.device.kind == "cuda":
-            self.backend_object(self.backend).prestart(self.store)
+            self.backend_object(self.backend).prestart(self.store, self.device)
 
     def cases(self) -> list[Case]:
         """The model x scheme cases, or one per --quant-checkpoint (paired with its base model)."""

@@ -8,7 +8,9 @@
 #         bash scripts/gpu/device.sh compare      the accuracy gates with transformers on the same GPU, the engine
 #                                                 pool tests (tests/gpu/test_gpu_vllm.py), vLLM's kernel choice per
 #                                                 capability (7.5, 8.0, 9.0)
-#         bash scripts/gpu/device.sh guide [ARCH [S]] the guide pipeline as written vs pytest --quant-model (issue 33)
+#         bash scripts/gpu/device.sh guide [ARCH [S [STEPS]]] the guide pipeline as written vs pytest --quant-model
+#                                                 (issue 33); STEPS split over calls (guide; plugin,plugin-warm)
+#         bash scripts/gpu/device.sh model ARCH   a random model of ARCH made ahead (scaling.py's, kept in /tmp)
 #         bash scripts/gpu/device.sh multi [K [S]]  two GPUs: distributed build, tensor parallel (a random Llama-3.2-1B),
 #                                                 one GPU per worker (tests/gpu/test_multi_gpu_run.py, -k K, at most S s)
 #         bash scripts/gpu/device.sh scale ARCH N STEPS S   scripts/gpu/scaling.py: a random model of ARCH, N
@@ -127,9 +129,16 @@ case "$phase" in
     ;;
   guide)     # issue 33 (4a): the guide's pipeline as written against pytest --quant-model (scripts/gpu/guide_vs_plugin.py)
     timeout "${3:-540}" python3 scripts/gpu/guide_vs_plugin.py --arch "${2:-smollm2-135m}" --vllm-python /tmp/vllm-python \
-      --out "$OUT" 2>&1 | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" > "$OUT/guide-${2:-smollm2-135m}.out"
+      --steps "${4:-guide,plugin,plugin-warm}" --work "/tmp/guide-vs-plugin-${2:-smollm2-135m}" --out "$OUT" 2>&1 | grep --line-buffered -v -E "is ignored|it/s\]|s/it\]" > "$OUT/guide-${2:-smollm2-135m}.out"
     grep -E "^\[guide\]|^step|^[a-z-]+ +[0-9.]+ |Error|error" "$OUT/guide-${2:-smollm2-135m}.out" | cut -c1-300 | tail -20
     ;;
+  model)
+    SECONDS=0
+    python3 -c "import sys; sys.path[:0] = ['scripts/gpu']; from pathlib import Path; from scaling import make_model
+from pytest_quant.build.models import materialize, resolve_model; from pytest_quant.infra.store import Store
+base = materialize(resolve_model('smollm2-135m-instruct'), Store(Path('/tmp/model-tokenizer')))[0]
+print(make_model(sys.argv[1], Path('/tmp/scaling-models'), base))" "$2" 2>&1 | tail -3
+    echo "[gpu] model $2 in ${SECONDS}s"; du -sh /tmp/scaling-models/* ;;
   bench)     # issue 33: engine start and memory (scripts/gpu/engine_bench.py): bench ARCH ITEMS [CONFIGS [S]]
     timeout "${5:-500}" python3 scripts/gpu/engine_bench.py --arch "${2:-smollm2-135m}" --items "${3:-0}" \
       --configs "${4:-before,eager,compiled,compiled2,hf}" --vllm-python /tmp/vllm-python --out "$OUT" 2>&1 \

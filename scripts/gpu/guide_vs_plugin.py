@@ -11,7 +11,9 @@ Steps, each timed from nothing to the last answer, with the peak GPU memory abov
   plugin       ``pytest --pyargs pytest_quant.suite --quant-model BASE -k test_accuracy`` (guide profile, vLLM) on an
                empty store: the same build and task, the same item count, both BOS variants (the BOS gate's items)
   plugin-warm  the same command again on the store the last step filled
-Prints a table with each step's ratio to ``guide``; DIR/guide-vs-plugin-ARCH.json holds the rows.
+Prints a table with each step's ratio to ``guide``; DIR/guide-vs-plugin-ARCH.json holds the rows. With ``--work W``
+the steps can be split over calls on one machine (8B: each fits 10 minutes): W keeps the models, the plugin's store
+and the rows of earlier steps, and the table shows them all.
 """
 
 from __future__ import annotations
@@ -59,16 +61,19 @@ def main() -> None:
     p.add_argument("--vllm-python", required=True)
     p.add_argument("--timeout", type=float, default=500.0, help="seconds each command may run")
     p.add_argument("--out", default=".")
+    p.add_argument("--work", default=None, help="a directory kept between calls (default: a new temporary one)")
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a rehearsal of this script (--arch tiny)
-    out, tmp = Path(a.out), Path(tempfile.mkdtemp(prefix="guide-vs-plugin-"))
+    out, tmp = Path(a.out), Path(a.work or tempfile.mkdtemp(prefix="guide-vs-plugin-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     log = out / f"guide-vs-plugin-{a.arch}.log"
     bundled = materialize(resolve_model("smollm2-135m-instruct"), Store(tmp / "models"))[0]
     base = bundled if a.arch == "smollm2-135m" else make_model(a.arch, Path(a.models), bundled)
     tasks = write_task_dir(tmp / "tasks")
     store = tmp / "plugin-store"
     installed = any(e.value == "pytest_quant.plugin" for e in entry_points(group="pytest11"))  # else: -p loads it
-    rows: dict[str, dict] = {}
+    kept = tmp / f"rows-{a.arch}.json"
+    rows: dict[str, dict] = json.loads(kept.read_text()) if kept.is_file() else {}
     for step in a.steps.split(","):
         if step == "guide":
             ck = tmp / "guide-W4A16"
@@ -76,6 +81,8 @@ def main() -> None:
 
             def guide() -> dict:
                 built, done, exits = bare(base, recipe, CalibrationSpec("bundled", 512, 2048), ck, device), {}, {}
+                if device == "cuda":  # the guide's script is a process of its own: its memory is free for lm_eval
+                    torch.cuda.empty_cache()
                 print(f"[guide] {a.arch} guide: oneshot {built['seconds']} s", flush=True)
                 for name, model in (("base", base), ("quantized", ck)):
                     code, seconds, _ = measured(lambda: run(
@@ -98,6 +105,7 @@ def main() -> None:
         rows[step] = {"seconds": seconds, "peak_mib": peaks[0] if peaks else None, **row}
         print(f"[guide] {a.arch} {step}: {rows[step]}", flush=True)
         (out / f"guide-vs-plugin-{a.arch}.json").write_text(json.dumps({"arch": a.arch, "rows": rows}, indent=1))
+        kept.write_text(json.dumps(rows))
     guide_row = rows.get("guide", {})
     whole = not any(guide_row.get("lm_eval_exit", {}).values())
     ref = guide_row.get("seconds") if whole else None  # no ratio against a guide pipeline that failed a step

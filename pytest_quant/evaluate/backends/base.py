@@ -35,9 +35,9 @@ class Backend:
         can run on ``device`` (infra.hardware.Device); asked once, kept in ``store`` where asking is slow."""
         return self
 
-    def prestart(self, store: Any) -> None:
-        """On a GPU, at the session's start: begin what this backend's first evaluation waits for (vLLM: a runner
-        importing vLLM while the base model is prepared and the checkpoints are built)."""
+    def prestart(self, store: Any, device: Any) -> None:
+        """On a GPU, at the session's start: begin what this backend's first answers wait for (vLLM: its support probe
+        and a runner importing vLLM while the base model is prepared and the checkpoints are built)."""
 
     def supports(self, scheme: str | None, device: Any) -> str | None:
         """None when ``scheme`` runs on ``device`` with this backend; else one line saying why not."""

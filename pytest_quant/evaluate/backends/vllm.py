@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar
 
 from pytest_quant.evaluate.backends.base import Backend
 from pytest_quant.evaluate.backends.vllm_memory import card_gib, plan
-from pytest_quant.evaluate.backends.vllm_probe import SCHEME_PROBE, probe_schemes
+from pytest_quant.evaluate.backends.vllm_probe import SCHEME_PROBE, prestart_probe, probe_schemes
 from pytest_quant.evaluate.engine_pool import ENGINES
 from pytest_quant.infra.errors import QuantEnvironmentError, QuantUsageError
 from pytest_quant.infra.exits import signal_note
@@ -184,8 +184,11 @@ class VllmBackend(Backend):
         """This backend with vLLM's compile cache in ``store``."""
         return replace(self, compile_cache=str(store.root / "vllm-compile-cache"))
 
-    def prestart(self, store: Any) -> None:
-        """A spare runner importing vLLM now (QuantSession.start), with the environment evaluations will ask for."""
+    def prestart(self, store: Any, device: Any) -> None:
+        """vLLM's support probe and a spare runner importing vLLM now (QuantSession.start), the runner with the
+        environment evaluations will ask for."""
+        if self.python:
+            prestart_probe(self.python, device.capability)
         ENGINES.prestart(self.python or "", self._in(store).env("cuda", {}), self.name)
 
     def supports(self, scheme: str | None, device: Any) -> str | None:

@@ -1,8 +1,11 @@
 """vLLM's own answer to 'can this scheme run here, and on which kernel': a program run by the vLLM environment's
-interpreter (it imports vLLM, so it cannot run in pytest's), asked once per session and device."""
+interpreter (it imports vLLM, so it cannot run in pytest's), asked once per session and device. On a GPU the program
+is started when the session starts (:func:`prestart_probe`): it imports vLLM while the base model is prepared, and
+is given the schemes, whose group sizes depend on that model, when they are known."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -18,7 +21,8 @@ from pytest_quant.infra.machine import emulation
 # of a given CUDA capability (None: the platform vLLM detects, e.g. its CPU build): its own compressed-tensors scheme
 # choice (CompressedTensorsConfig.get_scheme), that scheme's minimum capability, then creating the layer's weights,
 # which is where vLLM picks (and logs) its kernel or refuses. Its warnings there are kept (NVFP4 on a GPU without
-# FP4 compute: weight-only through Marlin).
+# FP4 compute: weight-only through Marlin). argv[1]: the request but its schemes, which come on stdin once vLLM is
+# imported (the program can be started before they are known).
 SCHEME_PROBE = r"""
 import io, json, logging, re, sys, tempfile, types
 import torch
@@ -42,6 +46,7 @@ logging.getLogger("vllm").addHandler(handler)
 act = getattr(torch, req.get("act_dtype") or "bfloat16")
 config_of_model = VllmConfig()
 config_of_model.model_config = types.SimpleNamespace(dtype=act)  # what schemes read of the model (FP8: its dtype)
+req["schemes"] = json.loads(sys.stdin.read())
 out = {}
 for name, s in req["schemes"].items():
     qc = {"quant_method": "compressed-tensors", "format": s["format"], "config_groups": {"group_0": s["group"]},
@@ -99,26 +104,55 @@ print(json.dumps(out))
 """
 
 
+_EARLY: dict[tuple[str, int | None, str], subprocess.Popen[str]] = {}
+
+
+def _env(capability: int | None) -> dict[str, str]:
+    return {**os.environ, "VLLM_TARGET_DEVICE": "cpu"} if capability is None else dict(os.environ)
+
+
+def _spawn(python: str, capability: int | None, act_dtype: str, forward: bool) -> subprocess.Popen[str]:
+    """The probe program started, waiting on stdin for the schemes (:data:`SCHEME_PROBE`)."""
+    switches = ", ".join(f"{k}={v}" for k, v in emulation().items())
+    why = f"computes as one without native bf16 under {switches}" if switches else "has no native bf16"
+    request = json.dumps({"capability": capability, "act_dtype": act_dtype, "why_dtype": why, "forward": forward})
+    return subprocess.Popen([python, "-c", SCHEME_PROBE, request], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(capability))
+
+
+def prestart_probe(python: str, capability: int | None, act_dtype: str = "bfloat16") -> None:
+    """Start the probe now, so that its import of vLLM overlaps what the session does before it knows the schemes
+    (preparing the base model); :func:`probe_schemes` gives it them. One never asked is ended at exit."""
+    key = (python, capability, act_dtype)
+    if key not in _EARLY:
+        try:
+            _EARLY[key] = _spawn(python, capability, act_dtype, True)
+        except OSError:
+            return  # the probe asked later says why
+        atexit.register(_EARLY[key].kill)
+
+
 @lru_cache(maxsize=None)
 def probe_schemes(python: str, capability: int | None, schemes: str, act_dtype: str = "bfloat16"
                   ) -> dict[str, dict[str, str]]:
     """vLLM's own answer, per scheme, to 'which kernel runs it here': {scheme: {'kernel': name, ...} or {'error': why}}.
     ``schemes`` is the JSON of {scheme: {'group': a compressed-tensors config group, 'format': its format}};
-    ``act_dtype`` the dtype models are evaluated in on a CPU (machine.cpu_dtype)."""
-    switches = ", ".join(f"{k}={v}" for k, v in emulation().items())
-    why = f"computes as one without native bf16 under {switches}" if switches else "has no native bf16"
-    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"} if capability is None else dict(os.environ)
+    ``act_dtype`` the dtype models are evaluated in on a CPU (machine.cpu_dtype). A probe started early for the
+    same interpreter, capability and dtype (:func:`prestart_probe`) is asked first."""
     for forward in (True, False):  # a forward pass that kills the probe (a signal): ask again without running one
-        request = json.dumps({"capability": capability, "schemes": json.loads(schemes), "act_dtype": act_dtype,
-                              "why_dtype": why, "forward": forward})
+        proc = _EARLY.pop((python, capability, act_dtype), None) if forward else None
         try:
-            p = subprocess.run([python, "-c", SCHEME_PROBE, request], capture_output=True, text=True, timeout=300,
-                               env=env)
-        except (OSError, subprocess.TimeoutExpired) as e:
+            proc = proc or _spawn(python, capability, act_dtype, forward)
+            out, err = proc.communicate(schemes, timeout=300)
+        except OSError as e:
             raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: {e}") from None
-        if p.returncode >= 0:
+        except subprocess.TimeoutExpired as e:
+            proc.kill()
+            raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: {e}") from None
+        if proc.returncode >= 0:
             break
-    if p.returncode != 0:
+    if proc.returncode != 0:
         raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: "
-                                    f"{signal_note(p.returncode, run_config(env, 'vllm'))}{root_cause(p.stderr or p.stdout)}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+                                    f"{signal_note(proc.returncode, run_config(_env(capability), 'vllm'))}"
+                                    f"{root_cause(err or out)}")
+    return json.loads(out.strip().splitlines()[-1])
