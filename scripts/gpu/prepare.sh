@@ -7,7 +7,7 @@
 #           (FlashAttention 2 for pre-Hopper GPUs, the MoE kernels, Blackwell's FMHA, DeepGEMM, FlashMLA, the
 #           Rust front end), its compressed-tensors 0.17.0, and its Python dependencies
 #           (the ones that need torch or CUDA libraries of their own are left out: the machine has torch)
-# Output: .gpu/part.NN (about 58 MiB each) and .gpu/stage.sha256; both git-ignored. See docs/GPU.md.
+# Output: .gpu/part.NN (about 55 MiB each) and .gpu/stage.sha256; both git-ignored. See docs/GPU.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${WORK:-/tmp/pytest-quant-gpu-stage}

@@ -18,10 +18,10 @@ dl_quant() {
     typepy==1.3.5 chardet==6.0.0.post1 pytz==2026.6   # lm_eval's command line prints its table with pytablewriter
 }
 
-# WORK/stage -> .gpu/part.NN (58 MiB each), .gpu/stage.sha256, .gpu/parts.txt (run from the repository root).
+# WORK/stage -> .gpu/part.NN (55 MiB each: the working tree travels too), .gpu/stage.sha256, .gpu/parts.txt (run from the repository root).
 cut_stage() {
   tar -C "$1" -cf "$1/stage.tar" stage
   rm -rf .gpu && mkdir .gpu
-  (cd "$1" && split -b 58M -d stage.tar part. && sha256sum stage.tar > stage.sha256 && ls part.* > parts.txt)
+  (cd "$1" && split -b 55M -d stage.tar part. && sha256sum stage.tar > stage.sha256 && ls part.* > parts.txt)
   mv "$1"/part.* "$1/stage.sha256" "$1/parts.txt" .gpu/
 }
