@@ -6,7 +6,7 @@ import pytest
 
 from pytest_quant.evaluate.tasks import check_available
 from pytest_quant.infra.errors import QuantUsageError
-from pytest_quant.plugin.yaml_items import LlmCompressorConfig, parse_config
+from pytest_quant.plugin.yaml_configs import LlmCompressorConfig, parse_config
 
 # llm-compressor's tests/lmeval/configs/w4a16_gptq.yaml, as upstream writes it.
 UPSTREAM_LLMC = """cadence: "weekly"

@@ -10,7 +10,7 @@ import pytest
 from pytest_quant.gate.scores import Threshold
 from pytest_quant.session.markers import SPECS
 from pytest_quant.session.settings import OPTIONS
-from pytest_quant.plugin.yaml_items import LlmCompressorConfig, LmEvalConfig, VllmConfig
+from pytest_quant.plugin.yaml_configs import LlmCompressorConfig, LmEvalConfig, VllmConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "REFERENCE.md").read_text()

@@ -14,7 +14,7 @@ from pytest_quant.evaluate.backends import make_backend
 from pytest_quant.evaluate.evaluator import model_args
 from pytest_quant.infra.hardware import Device, requirement_reason
 from pytest_quant.session.settings import Settings
-from pytest_quant.plugin.yaml_items import parse_config
+from pytest_quant.plugin.yaml_configs import parse_config
 
 from .test_plugin import fake_subprocess
 

@@ -7,20 +7,20 @@ from pathlib import Path
 import pytest
 
 from pytest_quant.infra.errors import QuantUsageError
-from pytest_quant.plugin.yaml_items import VllmConfig, parse_config
+from pytest_quant.plugin.yaml_configs import VllmConfig, parse_config
 
 
 def test_an_llmcompressor_config_silent_on_dtype_leaves_it_to_the_backend() -> None:
     """Upstream's bfloat16 default is emulated on a CPU without bf16: unset, the backend's dtype for the device
     applies (as for markers); a dtype the config names is passed on."""
-    from pytest_quant.plugin.yaml_items import _engine
+    from pytest_quant.plugin.yaml_configs import engine_args
 
     base = {"model": "m", "scheme": "W8A8", "lmeval": {"task": "quant_facts"}}
-    assert "dtype" not in dict(_engine(parse_config(base)))
+    assert "dtype" not in dict(engine_args(parse_config(base)))
     named = {**base, "lmeval": {"task": "quant_facts", "dtype": "bfloat16"}}
-    assert dict(_engine(parse_config(named)))["dtype"] == "bfloat16"
+    assert dict(engine_args(parse_config(named)))["dtype"] == "bfloat16"
     earlier = {**base, "lmeval": {"task": "quant_facts", "model_args": {"dtype": "float16"}}}
-    assert dict(_engine(parse_config(earlier)))["dtype"] == "float16"
+    assert dict(engine_args(parse_config(earlier)))["dtype"] == "float16"
 
 
 def test_vllm_format_defaults_to_rtol_0_08() -> None:
