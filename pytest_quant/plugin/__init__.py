@@ -1,5 +1,6 @@
-"""pytest wiring: hooks and fixtures only. Starting a session is :mod:`.activation`'s, pytest-xdist's quirks
-:mod:`.xdist_compat`'s, YAML configs :mod:`.yaml_items`', rows and reports :mod:`.rows`, :mod:`.report`."""
+"""pytest wiring: hooks only. The fixtures are :mod:`.fixtures`' (a plugin this one requires), starting a session
+:mod:`.activation`'s, pytest-xdist's quirks :mod:`.xdist_compat`'s, YAML configs :mod:`.yaml_items`', rows and reports
+:mod:`.rows`, :mod:`.report`."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from pytest_quant.build.checkpoint import Checkpoint
 from pytest_quant.build.models import resolve_model
-from pytest_quant.build.recipes import RecipeSpec
 from pytest_quant.gate.baseline import save_baseline
 from pytest_quant.infra.errors import QuantError
 from pytest_quant.infra.machine import describe, signature
@@ -25,6 +24,7 @@ from pytest_quant.session.markers import RecipeSpec as RecipeMarker
 from pytest_quant.session.session import Case, QuantSession
 from pytest_quant.session.settings import add_options, asked
 
+pytest_plugins = ["pytest_quant.plugin.fixtures"]
 CASE_FIXTURES = {"quant_case", "quantized_checkpoint", "quant_scheme", "quant_recipe"}
 MODEL_FIXTURES = {"quant_model_id", "quant_base_model", "calibration_dataset"}
 
@@ -245,66 +245,3 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if is_config(file_path) and activation.started(parent.config) is not None:
         return QuantYamlFile.from_parent(parent, path=file_path)
     return None
-
-
-# -- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def quant_session(request: pytest.FixtureRequest) -> QuantSession:
-    """The session's pytest-quant state (settings, store, device, backend), started here when nothing else asked
-    for it yet (a test that uses only this fixture); a session that cannot start fails the test with why."""
-    return _or_fail(lambda: activation.activate(request.config))
-
-
-@pytest.fixture(scope="session")
-def quant_case(request: pytest.FixtureRequest) -> Case:
-    """The case under test: base model, scheme and (with --quant-checkpoint) the given checkpoint."""
-    return request.param
-
-
-@pytest.fixture(scope="session")
-def quant_model_id(request: pytest.FixtureRequest) -> str:
-    """The model under test, as given to --quant-model."""
-    if hasattr(request, "param"):
-        return request.param
-    return request.getfixturevalue("quant_case").model
-
-
-@pytest.fixture(scope="session")
-def quant_scheme(quant_case: Case) -> str:
-    return quant_case.scheme
-
-
-@pytest.fixture(scope="session")
-def quant_recipe(quant_session: QuantSession, quant_scheme: str) -> RecipeSpec:
-    """The recipe for the scheme under test, with the session's knobs."""
-    return quant_session.recipe(quant_scheme)
-
-
-@pytest.fixture(scope="session")
-def quant_base_model(quant_session: QuantSession, quant_model_id: str) -> Path:
-    """A local transformers checkpoint of the unquantized model."""
-    return _or_fail(lambda: quant_session.base(quant_model_id)[0])
-
-
-@pytest.fixture(scope="session")
-def calibration_dataset(quant_session: QuantSession, quant_base_model: Path) -> Any:
-    """The tokenized calibration set, prepared as the guides do."""
-    from pytest_quant.build.checkpoint import load_tokenizer
-    from pytest_quant.build.calibration import prepare_calibration
-
-    return _or_fail(lambda: prepare_calibration(quant_session.calibration(), load_tokenizer(quant_base_model)))
-
-
-@pytest.fixture(scope="session")
-def quantized_checkpoint(quant_session: QuantSession, quant_case: Case) -> Checkpoint:
-    """The compressed-tensors checkpoint under test: built once (then cached), or the one given."""
-    return _or_fail(lambda: quant_session.checkpoint(quant_case))
-
-
-def _or_fail(fn: Any) -> Any:
-    try:
-        return fn()
-    except QuantError as e:
-        pytest.fail(f"pytest-quant: {e}", pytrace=False)
