@@ -144,10 +144,9 @@ def probe_schemes(python: str, capability: int | None, schemes: str, act_dtype: 
         try:
             proc = proc or _spawn(python, capability, act_dtype, forward)
             out, err = proc.communicate(schemes, timeout=300)
-        except OSError as e:
-            raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: {e}") from None
-        except subprocess.TimeoutExpired as e:
-            proc.kill()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            if proc is not None:  # None: it could not be started
+                proc.kill()
             raise QuantEnvironmentError(f"asking vLLM ({python}) which schemes it can run failed: {e}") from None
         if proc.returncode >= 0:
             break
