@@ -240,8 +240,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    from pytest_quant.plugin.yaml_items import QuantYamlFile, is_config
+    from pytest_quant.plugin.yaml_configs import is_config
 
     if is_config(file_path) and activation.started(parent.config) is not None:
+        from pytest_quant.plugin.yaml_items import QuantYamlFile
+
         return QuantYamlFile.from_parent(parent, path=file_path)
     return None

@@ -21,10 +21,8 @@ from pytest_quant.infra.errors import QuantError, QuantUsageError
 from pytest_quant.plugin.rows import conclude
 from pytest_quant.plugin.stash import SESSION
 from pytest_quant.plugin.yaml_configs import (RECOVERY, LlmCompressorConfig, VllmConfig, engine_args, gen_kwargs,
-                                              is_config, parse_config, recipe_knobs)
+                                              parse_config, recipe_knobs)
 from pytest_quant.session.gate_runs import GatePlan, plan_yaml, yaml_recovery
-
-__all__ = ["QuantYamlFile", "is_config"]
 
 
 class QuantYamlFile(pytest.File):
